@@ -1,0 +1,78 @@
+#pragma once
+// What the CPU and CUDA kernels of rank_positions share: the input checks and
+// the ranking order.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/diff.h>
+#include <ATen/ops/lt.h>
+
+#include <cmath>
+#include <optional>
+
+#include "../common/checks.h"
+#include "../common/macros.h"
+
+namespace rankdistill {
+
+// Column i comes before column t in a row's ranking: higher score first, ties
+// by column index (the order of a stable descending sort).
+RD_HOST_DEVICE bool ranks_before(float score_i, int64_t i, float score_t, int64_t t) {
+  return score_i > score_t || (score_i == score_t && i < t);
+}
+
+// `scores`/`cols` hold n targets sorted in ranking order. Returns the first
+// position p whose target column (s, i) ranks before, so that (s, i) counts
+// towards the rank of the targets at positions p..n-1.
+template <typename Col>
+RD_HOST_DEVICE int first_target_after(const float* scores, const Col* cols, int n, float s, int64_t i) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (ranks_before(s, i, scores[mid], static_cast<int64_t>(cols[mid]))) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+// -0.0 and +0.0 compare equal; give them one representation so that the
+// bit-level keys used for sorting agree with float comparison.
+RD_HOST_DEVICE float canonical_zero(float s) { return s == 0.0f ? 0.0f : s; }
+
+inline void check_rank_positions_inputs(const at::Tensor& scores, const std::optional<at::Tensor>& targets,
+                                        const std::optional<at::Tensor>& indptr,
+                                        const std::optional<at::Tensor>& indices) {
+  check_dim(scores, 2, "scores");
+  check_floating(scores, "scores");
+  const int64_t rows = scores.size(0), cols = scores.size(1);
+  TORCH_CHECK_VALUE(cols < (int64_t{1} << 31), "scores may have at most 2^31 - 1 columns, got ", cols);
+  if (targets.has_value()) {
+    check_dim(*targets, 2, "targets");
+    check_dtype(*targets, at::kLong, "targets");
+    check_same_device(*targets, scores, "targets", "scores");
+    TORCH_CHECK_VALUE(targets->size(0) == rows, "targets must have one row per row of scores (", rows,
+                      "), got ", targets->size(0));
+    check_index_range(*targets, cols, "targets", "number of columns of scores");
+  }
+  TORCH_CHECK_VALUE(indptr.has_value() == indices.has_value(),
+                    "exclude needs both indptr and indices, or neither");
+  if (!indptr.has_value()) return;
+  check_dim(*indptr, 1, "exclude indptr");
+  check_dim(*indices, 1, "exclude indices");
+  check_dtype(*indptr, at::kLong, "exclude indptr");
+  check_dtype(*indices, at::kLong, "exclude indices");
+  check_same_device(*indptr, scores, "exclude indptr", "scores");
+  check_same_device(*indices, scores, "exclude indices", "scores");
+  TORCH_CHECK_VALUE(indptr->size(0) == rows + 1, "exclude indptr must have B + 1 = ", rows + 1,
+                    " entries, got ", indptr->size(0));
+  const int64_t first = indptr->select(0, 0).item<int64_t>();
+  const int64_t last = indptr->select(0, rows).item<int64_t>();
+  TORCH_CHECK_VALUE(first == 0 && last == indices->size(0), "exclude indptr must start at 0 and end at nnz = ",
+                    indices->size(0), ", got ", first, " and ", last);
+  TORCH_CHECK_VALUE(rows == 0 || !at::lt(at::diff(*indptr), 0).any().item<bool>(),
+                    "exclude indptr must be non-decreasing");
+  check_index_range(*indices, cols, "exclude indices", "number of columns of scores");
+}
+
+}  // namespace rankdistill

@@ -1,0 +1,193 @@
+// rank_positions on the CPU, parallel over rows. Two exact algorithms:
+//  - counting (targets given and few): sort the row's T targets, then one pass
+//    over the N scores, each binary-searched among the targets; a prefix sum
+//    of the per-slot counts gives every target's rank. O(N log T), and no
+//    buffer larger than T per thread.
+//  - sorting (all columns, or T comparable to N): sort the row once by 64-bit
+//    (score, column) keys and read the ranks off. O(N log N), buffers of N
+//    per thread (never [B, N]).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "rank_positions.h"
+
+namespace rankdistill {
+namespace {
+
+// Sorting these keys ascending gives the ranking order (score descending,
+// column ascending). Scores must have a canonical zero and no NaN.
+inline uint64_t ranking_key(float score, int64_t col) {
+  uint32_t bits;
+  std::memcpy(&bits, &score, sizeof(bits));
+  const uint32_t ascending = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return (static_cast<uint64_t>(~ascending) << 32) | static_cast<uint32_t>(col);
+}
+
+// A row of scores as floats, whatever the dtype and strides.
+template <typename scalar_t>
+struct ScoreRow {
+  const scalar_t* data;
+  int64_t stride;
+  float operator[](int64_t i) const { return canonical_zero(static_cast<float>(data[i * stride])); }
+};
+
+// The row's excluded columns, sorted and without repeats (a repeated column
+// is excluded once).
+inline void load_excluded(const int64_t* indptr, const int64_t* indices, int64_t row, std::vector<int64_t>& out) {
+  out.assign(indices + indptr[row], indices + indptr[row + 1]);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+}
+
+template <typename scalar_t>
+struct RowRanker {
+  int64_t num_cols;
+  const int64_t* indptr;   // nullptr when nothing is excluded
+  const int64_t* indices;
+  std::atomic<bool>* saw_nan;
+
+  std::vector<int64_t> excluded;
+  // counting path
+  std::vector<int64_t> order;
+  std::vector<float> target_scores;
+  std::vector<int64_t> target_cols;
+  std::vector<int64_t> counts;
+  // sorting path
+  std::vector<uint64_t> keys;
+  std::vector<uint8_t> is_excluded;
+  std::vector<int64_t> column_rank;
+
+  void exclusions(int64_t row) {
+    if (indptr) {
+      load_excluded(indptr, indices, row, excluded);
+    } else {
+      excluded.clear();
+    }
+  }
+
+  void count(const ScoreRow<scalar_t>& scores, int64_t row, const int64_t* targets, int64_t num_targets,
+             int64_t* out) {
+    order.resize(num_targets);
+    for (int64_t j = 0; j < num_targets; ++j) order[j] = j;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return ranks_before(scores[targets[a]], targets[a], scores[targets[b]], targets[b]);
+    });
+    target_scores.resize(num_targets);
+    target_cols.resize(num_targets);
+    for (int64_t j = 0; j < num_targets; ++j) {
+      target_cols[j] = targets[order[j]];
+      target_scores[j] = scores[target_cols[j]];
+    }
+    counts.assign(num_targets + 1, 0);
+    const float lowest = target_scores[num_targets - 1];
+    const int n = static_cast<int>(num_targets);
+    bool nan = false;
+    for (int64_t i = 0; i < num_cols; ++i) {
+      const float s = scores[i];
+      nan |= std::isnan(s);
+      if (s < lowest) continue;  // below every target: counts for none
+      ++counts[first_target_after(target_scores.data(), target_cols.data(), n, s, i)];
+    }
+    if (nan) saw_nan->store(true, std::memory_order_relaxed);
+    exclusions(row);
+    for (const int64_t i : excluded) {
+      const float s = scores[i];
+      if (s < lowest) continue;
+      --counts[first_target_after(target_scores.data(), target_cols.data(), n, s, i)];
+    }
+    int64_t rank = 0;
+    for (int64_t j = 0; j < num_targets; ++j) {
+      rank += counts[j];
+      out[order[j]] = rank;
+    }
+  }
+
+  // Ranks of all columns into `ranks` (length num_cols).
+  void sort_all(const ScoreRow<scalar_t>& scores, int64_t row, int64_t* ranks) {
+    keys.resize(num_cols);
+    bool nan = false;
+    for (int64_t i = 0; i < num_cols; ++i) {
+      const float s = scores[i];
+      nan |= std::isnan(s);
+      keys[i] = ranking_key(s, i);
+    }
+    if (nan) {
+      saw_nan->store(true, std::memory_order_relaxed);
+      return;
+    }
+    std::sort(keys.begin(), keys.end());
+    exclusions(row);
+    is_excluded.resize(num_cols, 0);
+    for (const int64_t i : excluded) is_excluded[i] = 1;
+    int64_t rank = 0;
+    for (int64_t position = 0; position < num_cols; ++position) {
+      const int64_t col = static_cast<int64_t>(keys[position] & 0xffffffffu);
+      ranks[col] = rank;
+      rank += 1 - is_excluded[col];
+    }
+    for (const int64_t i : excluded) is_excluded[i] = 0;
+  }
+};
+
+at::Tensor rank_positions_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& targets_opt,
+                              const std::optional<at::Tensor>& indptr_opt,
+                              const std::optional<at::Tensor>& indices_opt) {
+  check_rank_positions_inputs(scores, targets_opt, indptr_opt, indices_opt);
+  const int64_t num_rows = scores.size(0), num_cols = scores.size(1);
+  const bool all_columns = !targets_opt.has_value();
+  const at::Tensor targets = all_columns ? at::Tensor() : targets_opt->contiguous();
+  const int64_t num_targets = all_columns ? num_cols : targets.size(1);
+  at::Tensor out = at::empty({num_rows, num_targets}, scores.options().dtype(at::kLong));
+  if (num_rows == 0 || num_targets == 0) return out;
+
+  const at::Tensor indptr = indptr_opt.has_value() ? indptr_opt->contiguous() : at::Tensor();
+  const at::Tensor indices = indices_opt.has_value() ? indices_opt->contiguous() : at::Tensor();
+  // Counting costs about N log T per row, sorting N log N plus a larger
+  // constant: sort only when the targets are a sizeable part of the row.
+  const bool use_sort = all_columns || 4 * num_targets >= num_cols;
+  std::atomic<bool> saw_nan{false};
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(num_cols, 1));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "rank_positions_cpu", [&] {
+    const scalar_t* score_data = scores.const_data_ptr<scalar_t>();
+    const int64_t row_stride = scores.stride(0), col_stride = scores.stride(1);
+    const int64_t* target_data = all_columns ? nullptr : targets.const_data_ptr<int64_t>();
+    int64_t* out_data = out.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, num_rows, grain, [&](int64_t begin, int64_t end) {
+      RowRanker<scalar_t> ranker{num_cols,
+                                 indptr.defined() ? indptr.const_data_ptr<int64_t>() : nullptr,
+                                 indices.defined() ? indices.const_data_ptr<int64_t>() : nullptr,
+                                 &saw_nan};
+      std::vector<int64_t> all_ranks;
+      for (int64_t row = begin; row < end; ++row) {
+        const ScoreRow<scalar_t> row_scores{score_data + row * row_stride, col_stride};
+        int64_t* row_out = out_data + row * num_targets;
+        if (!use_sort) {
+          ranker.count(row_scores, row, target_data + row * num_targets, num_targets, row_out);
+        } else if (all_columns) {
+          ranker.sort_all(row_scores, row, row_out);
+        } else {
+          all_ranks.resize(num_cols);
+          ranker.sort_all(row_scores, row, all_ranks.data());
+          const int64_t* row_targets = target_data + row * num_targets;
+          for (int64_t j = 0; j < num_targets; ++j) row_out[j] = all_ranks[row_targets[j]];
+        }
+      }
+    });
+  });
+  TORCH_CHECK_VALUE(!saw_nan.load(), "scores contain NaN: ranks are undefined for NaN scores");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rankdistill, CPU, m) { m.impl("rank_positions", &rank_positions_cpu); }
+
+}  // namespace rankdistill

@@ -1,0 +1,79 @@
+#pragma once
+// What the CPU and CUDA samplers share: input checks, the two weight
+// definitions (a weight tensor, or DCD's rank discrepancy computed on the
+// fly) and the invalid-weight rule.
+#include <ATen/core/Tensor.h>
+
+#include <cmath>
+
+#include "../common/checks.h"
+#include "../common/macros.h"
+#include "../common/philox.h"
+
+namespace rankdistill {
+
+// Weights must be finite and non-negative; NaN compares false, so it is
+// invalid too.
+RD_HOST_DEVICE bool invalid_weight(double w) { return !(w >= 0.0) || w == INFINITY; }
+
+template <typename scalar_t>
+struct TensorWeights {
+  const scalar_t* data;  // contiguous [B, C]
+  int64_t num_cols;
+  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
+    return static_cast<double>(data[row * num_cols + col]);
+  }
+};
+
+// DCD's discrepancy weight, tanh(max(mu * gap, 0)), where gap is
+// student_rank - teacher_rank ("under": the student ranks the item lower than
+// the teacher does) or its negation ("over").
+template <typename rank_t>
+struct DiscrepancyWeights {
+  const rank_t* student;  // contiguous [B, C]
+  const rank_t* teacher;  // contiguous [B, C]
+  int64_t num_cols;
+  double mu;
+  bool under;
+  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
+    const int64_t i = row * num_cols + col;
+    double gap = static_cast<double>(student[i]) - static_cast<double>(teacher[i]);
+    if (!under) gap = -gap;
+    gap *= mu;
+    return gap > 0.0 ? std::tanh(gap) : (gap == gap ? 0.0 : gap);  // NaN passes through to be reported
+  }
+};
+
+inline void check_sample_size(int64_t k, int64_t num_rows, int64_t num_cols) {
+  TORCH_CHECK_VALUE(k >= 0, "k must be non-negative, got ", k);
+  TORCH_CHECK_VALUE(k <= num_cols, "k (", k, ") is larger than the number of columns (", num_cols,
+                    "): cannot draw that many distinct columns");
+  // The random stream is addressed by 32-bit row and column counters.
+  TORCH_CHECK_VALUE(num_rows < (int64_t{1} << 32) && num_cols < (int64_t{1} << 32),
+                    "at most 2^32 - 1 rows and columns are supported, got ", num_rows, " x ", num_cols);
+}
+
+inline void check_weighted_sample_inputs(const at::Tensor& weights, int64_t k) {
+  check_dim(weights, 2, "weights");
+  check_floating(weights, "weights");
+  check_sample_size(k, weights.size(0), weights.size(1));
+}
+
+inline void check_discrepancy_sample_inputs(const at::Tensor& student_rank, const at::Tensor& teacher_rank,
+                                            int64_t k, double mu) {
+  check_dim(student_rank, 2, "student_rank");
+  check_dim(teacher_rank, 2, "teacher_rank");
+  check_same_device(teacher_rank, student_rank, "teacher_rank", "student_rank");
+  TORCH_CHECK_VALUE(student_rank.sizes() == teacher_rank.sizes(), "student_rank and teacher_rank must have ",
+                    "the same shape, got ", student_rank.sizes(), " and ", teacher_rank.sizes());
+  TORCH_CHECK_TYPE(student_rank.scalar_type() == teacher_rank.scalar_type(),
+                   "student_rank and teacher_rank must have the same dtype, got ", student_rank.scalar_type(),
+                   " and ", teacher_rank.scalar_type());
+  const auto dtype = student_rank.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kLong || dtype == at::kInt || dtype == at::kFloat || dtype == at::kDouble,
+                   "ranks must be int64, int32, float32 or float64, got ", dtype);
+  TORCH_CHECK_VALUE(std::isfinite(mu) && mu > 0.0, "mu must be positive and finite, got ", mu);
+  check_sample_size(k, student_rank.size(0), student_rank.size(1));
+}
+
+}  // namespace rankdistill
