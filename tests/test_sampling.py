@@ -1,0 +1,209 @@
+"""weighted_sample and discrepancy_sample: exact inclusion probabilities of
+successive sampling on small cases, padding, reproducibility and errors."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from rankdistill import ops, reference
+
+
+def exact_subset_probabilities(weights, k):
+    """P(drawn set = S) for successive sampling without replacement, by
+    enumerating every ordered draw sequence."""
+    positive = [c for c, w in enumerate(weights) if w > 0]
+    probs = {}
+    for sequence in itertools.permutations(positive, k):
+        p, remaining = 1.0, sum(weights)
+        for c in sequence:
+            p *= weights[c] / remaining
+            remaining -= weights[c]
+        key = tuple(sorted(sequence))
+        probs[key] = probs.get(key, 0.0) + p
+    return probs
+
+
+def assert_subset_distribution(samples, weights, k):
+    """Every subset's frequency within 5 standard errors of its exact
+    probability (and no subset that cannot occur)."""
+    n = samples.shape[0]
+    exact = exact_subset_probabilities(weights, k)
+    counts = {}
+    for row in samples.tolist():
+        key = tuple(row)
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) <= set(exact), f"impossible subsets drawn: {set(counts) - set(exact)}"
+    for subset, p in exact.items():
+        freq = counts.get(subset, 0) / n
+        assert abs(freq - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-9, (subset, freq, p)
+
+
+WEIGHT_CASES = [([1.0, 2.0, 3.0, 4.0, 10.0], 2), ([0.5, 0.0, 2.0, 1.0, 4.0, 8.0], 3), ([1.0, 1.0, 30.0, 0.2], 1)]
+N_DRAWS = 60_000
+
+
+@pytest.mark.parametrize("weights,k", WEIGHT_CASES)
+def test_weighted_sample_distribution(device, weights, k):
+    w = torch.tensor(weights, device=device).expand(N_DRAWS, -1).contiguous()
+    samples = ops.weighted_sample(w, k, generator=torch.Generator(device).manual_seed(11))
+    assert samples.shape == (N_DRAWS, k) and samples.dtype == torch.long
+    assert_subset_distribution(samples.cpu(), weights, k)
+
+
+@pytest.mark.parametrize("weights,k", WEIGHT_CASES[:2])
+def test_reference_distribution(weights, k):
+    w = torch.tensor(weights).expand(N_DRAWS, -1).contiguous()
+    assert_subset_distribution(reference.weighted_sample(w, k, generator=torch.Generator().manual_seed(2)),
+                               weights, k)
+
+
+def test_distribution_check_rejects_a_wrong_sampler():
+    # Top-k of u * w (a common mistake) is not successive sampling: the check
+    # that validates the ops must reject it.
+    weights, k = WEIGHT_CASES[0]
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.rand(N_DRAWS, len(weights), generator=gen) * torch.tensor(weights)
+    wrong = keys.topk(k, dim=1).indices.sort(1).values
+    with pytest.raises(AssertionError):
+        assert_subset_distribution(wrong, weights, k)
+
+
+def test_unsorted_order_is_the_draw_order(device):
+    # The first column of an unsorted sample is the first draw: P(c) = w_c / W;
+    # the second, given the first, follows the remaining weights.
+    weights = [1.0, 2.0, 3.0, 4.0]
+    w = torch.tensor(weights, device=device).expand(N_DRAWS, -1).contiguous()
+    samples = ops.weighted_sample(w, 2, sorted=False, generator=torch.Generator(device).manual_seed(5)).cpu()
+    total = sum(weights)
+    for first, second in itertools.permutations(range(4), 2):
+        p = weights[first] / total * weights[second] / (total - weights[first])
+        freq = ((samples[:, 0] == first) & (samples[:, 1] == second)).double().mean().item()
+        assert abs(freq - p) <= 5 * math.sqrt(p * (1 - p) / N_DRAWS), (first, second, freq, p)
+
+
+def test_padding_and_edge_cases(device):
+    w = torch.tensor([[0.0, 3.0, 0.0, 1.0, 0.0], [0.0] * 5, [1.0] * 5], device=device)
+    out = ops.weighted_sample(w, 3).cpu()
+    assert out.tolist()[:2] == [[1, 3, -1], [-1, -1, -1]]
+    assert len(set(out[2].tolist())) == 3 and out[2].tolist() == sorted(out[2].tolist())
+    unsorted = ops.weighted_sample(w, 3, sorted=False).cpu()
+    assert sorted(unsorted[0, :2].tolist()) == [1, 3] and unsorted[0, 2] == -1
+    assert ops.weighted_sample(w, 0).shape == (3, 0)
+    assert ops.weighted_sample(w, 5)[2].cpu().tolist() == [0, 1, 2, 3, 4]
+    assert ops.weighted_sample(torch.zeros(0, 4, device=device), 2).shape == (0, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_weight_dtypes(device, dtype):
+    weights = [1.0, 2.0, 3.0, 4.0, 10.0]  # exactly representable in every dtype
+    w = torch.tensor(weights, device=device, dtype=dtype).expand(N_DRAWS, -1).contiguous()
+    samples = ops.weighted_sample(w, 2, generator=torch.Generator(device).manual_seed(3)).cpu()
+    assert_subset_distribution(samples, weights, 2)
+
+
+def test_non_contiguous_weights(device):
+    base = torch.rand(40, 30, device=device)
+    view = base.T  # [30, 40], not contiguous
+    gen_a, gen_b = torch.Generator(device).manual_seed(4), torch.Generator(device).manual_seed(4)
+    assert torch.equal(ops.weighted_sample(view, 7, generator=gen_a),
+                       ops.weighted_sample(view.contiguous(), 7, generator=gen_b))
+
+
+def test_reproducible_and_thread_independent(device):
+    w = torch.rand(200, 50, device=device)
+
+    def draw(seed):
+        return ops.weighted_sample(w, 10, generator=torch.Generator(device).manual_seed(seed))
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = draw(7)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, draw(7))
+    torch.manual_seed(9)
+    a = ops.weighted_sample(w.cpu(), 10)
+    torch.manual_seed(9)
+    assert torch.equal(a, ops.weighted_sample(w.cpu(), 10))
+
+
+def test_weighted_sample_errors(device):
+    w = torch.rand(3, 4, device=device)
+    for bad in (-1.0, float("nan"), float("inf")):
+        broken = w.clone()
+        broken[1, 2] = bad
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            ops.weighted_sample(broken, 2)
+    with pytest.raises(ValueError, match="larger than the number of columns"):
+        ops.weighted_sample(w, 5)
+    with pytest.raises(ValueError, match="non-negative"):
+        ops.weighted_sample(w, -1)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.weighted_sample(w[0], 2)
+    with pytest.raises(TypeError, match="weights must be float"):
+        ops.weighted_sample(w.long(), 2)
+
+
+# --- discrepancy_sample -------------------------------------------------------
+
+
+def test_discrepancy_distribution(device):
+    mu = 0.05
+    student = torch.tensor([3, 30, 8, 40, 2, 90])
+    teacher = torch.tensor([0, 1, 2, 3, 4, 5])
+    for direction, sign in (("under", 1.0), ("over", -1.0)):
+        weights = [math.tanh(max(mu * sign * (s - t), 0.0)) for s, t in zip(student.tolist(), teacher.tolist())]
+        k = 2 if direction == "under" else 1
+        samples = ops.discrepancy_sample(
+            student.to(device).expand(N_DRAWS, -1).contiguous(),
+            teacher.to(device).expand(N_DRAWS, -1).contiguous(),
+            k, mu=mu, direction=direction, generator=torch.Generator(device).manual_seed(8),
+        ).cpu()
+        if direction == "over":  # only column 4 (student 2 < teacher 4) is over-estimated
+            assert torch.equal(samples, torch.full((N_DRAWS, 1), 4))
+        else:
+            assert_subset_distribution(samples, weights, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32, torch.float64])
+def test_discrepancy_selects_only_the_right_direction(device, dtype):
+    gen = torch.Generator().manual_seed(1)
+    student = torch.randint(0, 1000, (64, 50), generator=gen)
+    teacher = torch.randint(0, 1000, (64, 50), generator=gen)
+    for direction in ("under", "over"):
+        out = ops.discrepancy_sample(student.to(device, dtype), teacher.to(device, dtype), 20, mu=1e-3,
+                                     direction=direction).cpu()
+        gap = student - teacher if direction == "under" else teacher - student
+        positive = (gap > 0).sum(1)
+        assert torch.equal((out >= 0).sum(1), positive.clamp(max=20))
+        picked = out.clamp(min=0)
+        assert bool((gap.gather(1, picked) > 0)[out >= 0].all())
+        # the same draws as weighted_sample on the explicit weights with the same generator
+        weights = reference.discrepancy_weights(student, teacher, mu=1e-3, direction=direction)
+        fused = ops.discrepancy_sample(student.to(device, dtype), teacher.to(device, dtype), 20, mu=1e-3,
+                                       direction=direction, generator=torch.Generator(device).manual_seed(3))
+        explicit = ops.weighted_sample(weights.to(device), 20, generator=torch.Generator(device).manual_seed(3))
+        assert torch.equal(fused, explicit)
+
+
+def test_discrepancy_errors(device):
+    s = torch.zeros(2, 3, dtype=torch.long, device=device)
+    with pytest.raises(ValueError, match="direction"):
+        ops.discrepancy_sample(s, s, 1, mu=1e-3, direction="sideways")
+    with pytest.raises(ValueError, match="mu must be positive"):
+        ops.discrepancy_sample(s, s, 1, mu=0.0, direction="under")
+    with pytest.raises(ValueError, match="same shape"):
+        ops.discrepancy_sample(s, s[:, :2], 1, mu=1e-3, direction="under")
+    with pytest.raises(TypeError, match="same dtype"):
+        ops.discrepancy_sample(s, s.float(), 1, mu=1e-3, direction="under")
+    with pytest.raises(ValueError, match="larger than the number of columns"):
+        ops.discrepancy_sample(s, s, 4, mu=1e-3, direction="under")
+    nan_rank = s.double()
+    nan_rank[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        ops.discrepancy_sample(nan_rank, s.double(), 1, mu=1e-3, direction="under")
