@@ -64,7 +64,7 @@ def weighted_sample(
     out = torch.full((num_rows, k), -1, dtype=torch.long, device=weights.device)
     if k == 0 or num_rows == 0:
         return out
-    w = weights.double()
+    w = weights
     num_positive = (w > 0).sum(1)
     full = num_positive >= k
     if full.any():

@@ -120,6 +120,19 @@ def test_extreme_values(device):
     assert expected.tolist() == [[1, 5, 0, 6, 3, 4, 2, 7]]
 
 
+def test_scores_spanning_many_magnitudes(device):
+    # Scores from 1e-30 to 1e30 of both signs, clustered and repeated: the
+    # counting path's bucket table must still place every score exactly.
+    gen = torch.Generator().manual_seed(8)
+    magnitude = 10.0 ** torch.randint(-30, 31, (6, 400), generator=gen).double()
+    sign = torch.where(torch.rand(6, 400, generator=gen) < 0.5, -1.0, 1.0)
+    scores = (sign * magnitude * torch.randint(1, 4, (6, 400), generator=gen)).float()
+    for num_targets in (1, 7, 60):
+        targets = torch.randint(0, 400, (6, num_targets), generator=gen)
+        expected = brute_force_ranks(scores, targets, [set()] * 6)
+        assert torch.equal(ops.rank_positions(scores.to(device), targets.to(device)).cpu(), expected)
+
+
 def test_empty_shapes(device):
     assert ops.rank_positions(torch.zeros(0, 5, device=device), torch.zeros(0, 3, dtype=torch.long,
                               device=device)).shape == (0, 3)

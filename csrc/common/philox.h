@@ -34,24 +34,39 @@ RD_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 counter, uint32_t key0, uint3
   return counter;
 }
 
-// Uniform double in the open interval (0, 1) with 52 random bits (m + 0.5 is exact in a double), for cell
-// (row, col) of draw number `offset` under `seed`. Rows and columns must fit
-// in 32 bits (the launchers check it), so no two cells share a counter.
-RD_HOST_DEVICE double uniform_open01(uint64_t seed, uint64_t offset, int64_t row, int64_t col) {
-  const Philox4x32 bits = philox4x32_10(
-      Philox4x32{{static_cast<uint32_t>(col), static_cast<uint32_t>(row),
-                  static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}},
-      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  const uint64_t mantissa = (static_cast<uint64_t>(bits.v[0]) << 20) | (bits.v[1] >> 12);
+// Two uniform doubles in the open interval (0, 1), with 52 random bits each
+// (m + 0.5 is exact in a double), for the column pair (2 * pair, 2 * pair + 1)
+// of `row` in draw number `offset` under `seed`: one Philox call serves two
+// columns. Rows and pairs fit in 32 bits (the launchers check it), so no two
+// cells share a counter.
+struct UniformPair {
+  double even, odd;
+};
+
+RD_HOST_DEVICE double open01_from_bits(uint32_t high, uint32_t low) {
+  const uint64_t mantissa = (static_cast<uint64_t>(high) << 20) | (low >> 12);
   return (static_cast<double>(mantissa) + 0.5) * (1.0 / 4503599627370496.0);  // 2^-52
+}
+
+RD_HOST_DEVICE UniformPair uniform_pair(uint64_t seed, uint64_t offset, int64_t row, int64_t pair) {
+  const Philox4x32 bits = philox4x32_10(
+      Philox4x32{{static_cast<uint32_t>(pair), static_cast<uint32_t>(row), static_cast<uint32_t>(offset),
+                  static_cast<uint32_t>(offset >> 32)}},
+      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return UniformPair{open01_from_bits(bits.v[0], bits.v[1]), open01_from_bits(bits.v[2], bits.v[3])};
 }
 
 // Successive sampling without replacement with probabilities proportional to
 // w is the same as keeping the k largest keys log(u) / w, u ~ U(0, 1)
 // (Efraimidis & Spirakis, 2006). Non-positive weights never get drawn.
+RD_HOST_DEVICE double key_from_uniform(double u, double weight) {
+  return weight > 0.0 ? std::log(u) / weight : -INFINITY;
+}
+
+// The key of one cell; the same value as the CPU's pairwise loop computes.
 RD_HOST_DEVICE double sampling_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double weight) {
-  if (!(weight > 0.0)) return -INFINITY;
-  return std::log(uniform_open01(seed, offset, row, col)) / weight;
+  const UniformPair u = uniform_pair(seed, offset, row, col >> 1);
+  return key_from_uniform((col & 1) ? u.odd : u.even, weight);
 }
 
 }  // namespace rankdistill

@@ -1,7 +1,8 @@
 // rank_positions on the CPU, parallel over rows. Two exact algorithms:
 //  - counting (targets given and few): sort the row's T targets, then one pass
-//    over the N scores, each binary-searched among the targets; a prefix sum
-//    of the per-slot counts gives every target's rank. O(N log T), and no
+//    over the N scores, each located among the targets (a bucket table over
+//    the targets' score keys, then a short binary search); a prefix sum of the
+//    per-slot counts gives every target's rank. About O(N) per row, and no
 //    buffer larger than T per thread.
 //  - sorting (all columns, or T comparable to N): sort the row once by 64-bit
 //    (score, column) keys and read the ranks off. O(N log N), buffers of N
@@ -21,14 +22,64 @@
 namespace rankdistill {
 namespace {
 
-// Sorting these keys ascending gives the ranking order (score descending,
-// column ascending). Scores must have a canonical zero and no NaN.
-inline uint64_t ranking_key(float score, int64_t col) {
+// Order-preserving map of floats to unsigned integers (larger float, larger
+// key). Scores must have a canonical zero and no NaN.
+inline uint32_t ascending_key(float score) {
   uint32_t bits;
   std::memcpy(&bits, &score, sizeof(bits));
-  const uint32_t ascending = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return (static_cast<uint64_t>(~ascending) << 32) | static_cast<uint32_t>(col);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
+
+// Sorting these keys ascending gives the ranking order (score descending,
+// column ascending).
+inline uint64_t ranking_key(float score, int64_t col) {
+  return (static_cast<uint64_t>(~ascending_key(score)) << 32) | static_cast<uint32_t>(col);
+}
+
+// A row's targets in ranking order, with a table of buckets over their score
+// keys: a score's bucket bounds the targets it can fall between, so locating
+// it costs a short search instead of log2(T) unpredictable steps.
+class TargetIndex {
+ public:
+  std::vector<float> scores;
+  std::vector<int32_t> cols;  // columns fit in 31 bits (checked)
+
+  // Call after filling `scores` and `cols` (sorted in ranking order, n > 0).
+  void build_buckets() {
+    const int n = static_cast<int>(scores.size());
+    low_key_ = ascending_key(scores[n - 1]);
+    high_key_ = ascending_key(scores[0]);
+    int num_buckets = 16;
+    while (num_buckets < 2 * n && num_buckets < (1 << 16)) num_buckets <<= 1;
+    shift_ = 0;
+    while (((high_key_ - low_key_) >> shift_) >= static_cast<uint32_t>(num_buckets)) ++shift_;
+    // starts_[b + 1] = first position whose bucket is <= b; starts_[0] = n.
+    starts_.assign(num_buckets + 1, n);
+    int j = 0;
+    for (int b = num_buckets - 1; b >= 0; --b) {
+      while (j < n && bucket(scores[j]) > static_cast<uint32_t>(b)) ++j;
+      starts_[b + 1] = j;
+    }
+  }
+
+  float lowest() const { return scores.back(); }
+
+  // first_target_after for a score >= lowest().
+  int locate(float s, int64_t i) const {
+    const uint32_t key = ascending_key(s);
+    if (key > high_key_) return 0;
+    const uint32_t b = (key - low_key_) >> shift_;
+    const int begin = starts_[b + 1], end = starts_[b];
+    return begin + first_target_after(scores.data() + begin, cols.data() + begin, end - begin, s, i);
+  }
+
+ private:
+  uint32_t bucket(float s) const { return (ascending_key(s) - low_key_) >> shift_; }
+
+  uint32_t low_key_ = 0, high_key_ = 0;
+  int shift_ = 0;
+  std::vector<int> starts_;
+};
 
 // A row of scores as floats, whatever the dtype and strides.
 template <typename scalar_t>
@@ -56,8 +107,7 @@ struct RowRanker {
   std::vector<int64_t> excluded;
   // counting path
   std::vector<int64_t> order;
-  std::vector<float> target_scores;
-  std::vector<int64_t> target_cols;
+  TargetIndex index;
   std::vector<int64_t> counts;
   // sorting path
   std::vector<uint64_t> keys;
@@ -74,33 +124,41 @@ struct RowRanker {
 
   void count(const ScoreRow<scalar_t>& scores, int64_t row, const int64_t* targets, int64_t num_targets,
              int64_t* out) {
+    for (int64_t j = 0; j < num_targets; ++j) {
+      if (std::isnan(scores[targets[j]])) {  // NaN has no place in the order (and would break the sort)
+        saw_nan->store(true, std::memory_order_relaxed);
+        return;
+      }
+    }
     order.resize(num_targets);
     for (int64_t j = 0; j < num_targets; ++j) order[j] = j;
     std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
       return ranks_before(scores[targets[a]], targets[a], scores[targets[b]], targets[b]);
     });
-    target_scores.resize(num_targets);
-    target_cols.resize(num_targets);
+    index.scores.resize(num_targets);
+    index.cols.resize(num_targets);
     for (int64_t j = 0; j < num_targets; ++j) {
-      target_cols[j] = targets[order[j]];
-      target_scores[j] = scores[target_cols[j]];
+      index.cols[j] = static_cast<int32_t>(targets[order[j]]);
+      index.scores[j] = scores[targets[order[j]]];
     }
+    index.build_buckets();
     counts.assign(num_targets + 1, 0);
-    const float lowest = target_scores[num_targets - 1];
-    const int n = static_cast<int>(num_targets);
+    const float lowest = index.lowest();
     bool nan = false;
     for (int64_t i = 0; i < num_cols; ++i) {
       const float s = scores[i];
-      nan |= std::isnan(s);
-      if (s < lowest) continue;  // below every target: counts for none
-      ++counts[first_target_after(target_scores.data(), target_cols.data(), n, s, i)];
+      if (!(s >= lowest)) {  // below every target (or NaN): counts for none
+        nan |= std::isnan(s);
+        continue;
+      }
+      ++counts[index.locate(s, i)];
     }
     if (nan) saw_nan->store(true, std::memory_order_relaxed);
     exclusions(row);
     for (const int64_t i : excluded) {
       const float s = scores[i];
-      if (s < lowest) continue;
-      --counts[first_target_after(target_scores.data(), target_cols.data(), n, s, i)];
+      if (!(s >= lowest)) continue;
+      --counts[index.locate(s, i)];
     }
     int64_t rank = 0;
     for (int64_t j = 0; j < num_targets; ++j) {

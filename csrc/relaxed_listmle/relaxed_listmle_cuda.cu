@@ -5,10 +5,11 @@
 // accumulation type, since a thread's stack cannot hold a row of any length.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <type_traits>
@@ -61,9 +62,10 @@ at::Tensor relaxed_listmle_cuda(const at::Tensor& ranked, const at::Tensor& tail
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ranked.scalar_type(), "relaxed_listmle_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     using loss_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    at::Tensor denominators = at::empty({num_rows, K}, in.ranked.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    at::Tensor denominators =
+        at::empty({num_rows, K}, in.ranked.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     listmle_forward_kernel<scalar_t, acc_t, loss_t>
-        <<<row_blocks(num_rows), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        <<<row_blocks(num_rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             in.ranked_row<scalar_t>(0), in.tail_row<scalar_t>(0), num_rows,
             denominators.mutable_data_ptr<acc_t>(), loss.mutable_data_ptr<loss_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -86,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> relaxed_listmle_backward_cuda(const at::Tenso
     const at::ScalarType acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor grad = grad_loss.to(acc_dtype).contiguous();
     at::Tensor scratch = at::empty({num_rows, K}, in.ranked.options().dtype(acc_dtype));
-    listmle_backward_kernel<scalar_t, acc_t><<<row_blocks(num_rows), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    listmle_backward_kernel<scalar_t, acc_t><<<row_blocks(num_rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<acc_t>(), in.ranked_row<scalar_t>(0), in.tail_row<scalar_t>(0), num_rows,
         scratch.mutable_data_ptr<acc_t>(), grad_ranked.mutable_data_ptr<scalar_t>(),
         grad_tail.mutable_data_ptr<scalar_t>());

@@ -23,6 +23,8 @@ struct TensorWeights {
   RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
     return static_cast<double>(data[row * num_cols + col]);
   }
+  // An upper bound on the weight that is cheaper to compute (here: exact).
+  RD_HOST_DEVICE double upper(int64_t row, int64_t col) const { return (*this)(row, col); }
 };
 
 // DCD's discrepancy weight, tanh(max(mu * gap, 0)), where gap is
@@ -35,12 +37,19 @@ struct DiscrepancyWeights {
   int64_t num_cols;
   double mu;
   bool under;
-  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
+  RD_HOST_DEVICE double scaled_gap(int64_t row, int64_t col) const {
     const int64_t i = row * num_cols + col;
-    double gap = static_cast<double>(student[i]) - static_cast<double>(teacher[i]);
-    if (!under) gap = -gap;
-    gap *= mu;
-    return gap > 0.0 ? std::tanh(gap) : (gap == gap ? 0.0 : gap);  // NaN passes through to be reported
+    const double gap = static_cast<double>(student[i]) - static_cast<double>(teacher[i]);
+    return mu * (under ? gap : -gap);
+  }
+  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
+    const double x = scaled_gap(row, col);
+    return x > 0.0 ? std::tanh(x) : (x == x ? 0.0 : x);  // NaN passes through to be reported
+  }
+  // tanh(x) <= min(x, 1): a bound without the tanh.
+  RD_HOST_DEVICE double upper(int64_t row, int64_t col) const {
+    const double x = scaled_gap(row, col);
+    return x > 0.0 ? (x < 1.0 ? x : 1.0) : (x == x ? 0.0 : x);
   }
 };
 

@@ -1,6 +1,8 @@
-// Sampling without replacement on the CPU: every positive-weight column gets
-// a Philox key log(u) / w, and a per-row partial selection keeps the k
-// largest. Parallel over rows; the draws do not depend on the thread count.
+// Sampling without replacement on the CPU: weighted reservoir sampling with
+// exponential jumps per row (see sample_row), parallel over rows. The draws
+// do not depend on the thread count. The CUDA backend draws one Philox key
+// per column instead; both give exactly the distribution of successive
+// sampling, with different random streams.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Dispatch_v2.h>
@@ -26,6 +28,101 @@ uint64_t draw_seed(const std::optional<at::Generator>& generator) {
   return gen->random64();
 }
 
+using Candidate = std::pair<double, int64_t>;  // (key log(u) / w, column)
+
+// Function objects rather than functions, so that the heap and sort inline them.
+constexpr auto drawn_first = [](const Candidate& a, const Candidate& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+};
+constexpr auto by_column = [](const Candidate& a, const Candidate& b) { return a.second < b.second; };
+
+// The row's own stream of uniforms: draw j of row r is a pure function of
+// (seed, r, j), so rows can go to any thread.
+class RowUniforms {
+ public:
+  RowUniforms(uint64_t seed, int64_t row) : seed_(seed), row_(row) {}
+  double next() {
+    if (has_odd_) {
+      has_odd_ = false;
+      return pending_odd_;
+    }
+    const UniformPair u = uniform_pair(seed_, 0, row_, pair_++);
+    pending_odd_ = u.odd;
+    has_odd_ = true;
+    return u.even;
+  }
+
+ private:
+  uint64_t seed_;
+  int64_t row_, pair_ = 0;
+  double pending_odd_ = 0.0;
+  bool has_odd_ = false;
+};
+
+// Fills `best` with the row's sample, as a heap whose front is the worst, by
+// weighted reservoir sampling with exponential jumps (Efraimidis & Spirakis,
+// 2006, A-ExpJ): once k columns are held, the weight to skip before the next
+// column that beats the worst key is drawn directly, so random numbers and
+// logs are spent on about k log(C / k) columns, not C. The jumps run over the
+// weights' cheap upper bounds; a column reached that way is kept with
+// probability P(beat | w) / P(beat | bound) (thinning), which needs the exact
+// weight (DCD's tanh) only there. Exact for any weights. Returns false if a
+// weight was invalid.
+template <typename Weights>
+bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k, uint64_t seed,
+                std::vector<Candidate>& best) {
+  best.clear();
+  RowUniforms uniform(seed, row);
+  bool valid = true;
+  const auto bound_at = [&](int64_t col) {
+    const double bound = weights.upper(row, col);
+    valid &= !invalid_weight(bound);
+    return bound > 0.0 && bound != INFINITY ? bound : 0.0;
+  };
+  const auto hold = [&](const Candidate& candidate) {
+    if (static_cast<int64_t>(best.size()) < k) {
+      best.push_back(candidate);
+      std::push_heap(best.begin(), best.end(), drawn_first);
+    } else if (drawn_first(candidate, best.front())) {
+      std::pop_heap(best.begin(), best.end(), drawn_first);
+      best.back() = candidate;
+      std::push_heap(best.begin(), best.end(), drawn_first);
+    }
+  };
+  int64_t col = 0;
+  for (; col < num_cols && static_cast<int64_t>(best.size()) < k; ++col) {
+    if (bound_at(col) > 0.0) hold({key_from_uniform(uniform.next(), weights(row, col)), col});
+  }
+  while (k > 0 && col < num_cols) {
+    const double threshold = best.front().first;  // the worst key held, < 0
+    if (threshold == -INFINITY) {  // keys underflowed (denormal weights): go column by column
+      if (bound_at(col) > 0.0) hold({key_from_uniform(uniform.next(), weights(row, col)), col});
+      ++col;
+      continue;
+    }
+    // Skip columns until their cumulated bound passes an Exp(|threshold|) draw.
+    double jump = std::log(uniform.next()) / threshold;
+    double bound = 0.0;
+    for (; col < num_cols; ++col) {
+      bound = bound_at(col);
+      jump -= bound;
+      if (bound > 0.0 && jump <= 0.0) break;
+    }
+    if (col == num_cols) break;
+    const double weight = weights(row, col);
+    if (weight < bound && uniform.next() * -std::expm1(threshold * bound) >= -std::expm1(threshold * weight)) {
+      ++col;  // thinned out
+      continue;
+    }
+    // Its key, given that it beats the threshold: u uniform in (exp(threshold * w), 1).
+    const double low = std::exp(threshold * weight);
+    hold({key_from_uniform(low + uniform.next() * (1.0 - low), weight), col});
+    ++col;
+  }
+  for (; col < num_cols; ++col) bound_at(col);  // every weight is checked
+  return valid;
+}
+
 template <typename Weights>
 at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_cols, int64_t k, bool sorted,
                        uint64_t seed, const at::TensorOptions& options) {
@@ -34,33 +131,18 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
   std::atomic<bool> saw_invalid{false};
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(num_cols, 1));
   at::parallel_for(0, num_rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<std::pair<double, int64_t>> candidates;  // (key, column)
-    const auto drawn_first = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    };
-    const auto by_column = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
-      return a.second < b.second;
-    };
+    std::vector<Candidate> best;
+    best.reserve(k);
     for (int64_t row = begin; row < end; ++row) {
-      candidates.clear();
-      bool invalid = false;
-      for (int64_t col = 0; col < num_cols; ++col) {
-        const double w = weights(row, col);
-        invalid |= invalid_weight(w);
-        if (w > 0.0 && w != INFINITY) candidates.emplace_back(sampling_key(seed, 0, row, col, w), col);
-      }
-      if (invalid) saw_invalid.store(true, std::memory_order_relaxed);
-      const int64_t taken = std::min<int64_t>(k, static_cast<int64_t>(candidates.size()));
-      if (taken < static_cast<int64_t>(candidates.size())) {
-        std::nth_element(candidates.begin(), candidates.begin() + taken, candidates.end(), drawn_first);
-      }
+      if (!sample_row(weights, row, num_cols, k, seed, best)) saw_invalid.store(true, std::memory_order_relaxed);
       if (sorted) {
-        std::sort(candidates.begin(), candidates.begin() + taken, by_column);
+        std::sort(best.begin(), best.end(), by_column);
       } else {
-        std::sort(candidates.begin(), candidates.begin() + taken, drawn_first);
+        std::sort(best.begin(), best.end(), drawn_first);
       }
+      const int64_t taken = static_cast<int64_t>(best.size());
       int64_t* row_out = out_data + row * k;
-      for (int64_t j = 0; j < taken; ++j) row_out[j] = candidates[j].second;
+      for (int64_t j = 0; j < taken; ++j) row_out[j] = best[j].second;
       std::fill(row_out + taken, row_out + k, int64_t{-1});
     }
   });
