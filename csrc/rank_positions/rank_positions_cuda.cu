@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "../common/bitonic_sort.cuh"
 #include "rank_positions.h"
 
 namespace rankdistill {
@@ -32,24 +33,6 @@ constexpr int kThreads = 512;
 constexpr int kCountsPerThread = kTile / kThreads;
 // gridDim.y is limited to 65535: each block loops over rows.
 constexpr int64_t kMaxRowBlocks = 65535;
-
-// Sorts the n (a power of two) entries of a block's shared arrays so that
-// before(a, b) holds for every earlier a and later b; swap(i, j) exchanges
-// entries i and j. Every thread of the block must call it.
-template <typename Before, typename Swap>
-__device__ void bitonic_sort(int n, Before before, Swap swap) {
-  for (int size = 2; size <= n; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
-        const int i = 2 * t - (t & (stride - 1));  // i has bit `stride` clear; its partner is i + stride
-        const int j = i + stride;
-        const bool ascending = (i & size) == 0;
-        if (before(j, i) == ascending) swap(i, j);
-      }
-      __syncthreads();
-    }
-  }
-}
 
 // A row of scores as floats, whatever the dtype and strides (as on the CPU).
 template <typename scalar_t>

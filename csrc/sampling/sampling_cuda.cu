@@ -33,6 +33,7 @@
 #include <climits>
 #include <mutex>
 
+#include "../common/bitonic_sort.cuh"
 #include "sampling.h"
 
 namespace rankdistill {
@@ -44,36 +45,12 @@ constexpr int kMaxThreads = 512;
 constexpr int64_t kMaxRowBlocks = 65535;
 constexpr int64_t kMaxCellBlocks = int64_t{1} << 20;
 
-// Sorts the n (a power of two) entries of a block's shared arrays so that
-// before(a, b) holds for every earlier a and later b; swap(i, j) exchanges
-// entries i and j. Every thread of the block must call it.
-template <typename Before, typename Swap>
-__device__ void bitonic_sort(int n, Before before, Swap swap) {
-  for (int size = 2; size <= n; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
-        const int i = 2 * t - (t & (stride - 1));  // i has bit `stride` clear; its partner is i + stride
-        const int j = i + stride;
-        const bool ascending = (i & size) == 0;
-        if (before(j, i) == ascending) swap(i, j);
-      }
-      __syncthreads();
-    }
-  }
-}
-
 // The CPU's key, except that a positive weight whose key overflows to -inf
 // (a float64 weight below about 1e-307) gets -DBL_MAX instead: the CPU still
 // treats such a column as drawable, and -inf here marks the non-drawable ones.
 __device__ __forceinline__ double draw_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double w) {
   if (!(w > 0.0) || w == INFINITY) return -INFINITY;
   return fmax(sampling_key(seed, offset, row, col, w), -DBL_MAX);
-}
-
-__host__ __device__ __forceinline__ int next_pow2(int n) {
-  int p = 1;
-  while (p < n) p <<= 1;
-  return p;
 }
 
 template <typename Weights>
