@@ -14,6 +14,8 @@ MAX_JOBS ?= 2
 export MAX_JOBS
 
 PY := $(VENV)/bin/python
+# The build finds ninja (parallel compilation) on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
 
 .PHONY: build test bench demo clean
