@@ -3,6 +3,7 @@
 // the ranking order.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/diff.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/lt.h>
 
 #include <cmath>
@@ -77,5 +78,24 @@ inline void check_rank_positions_inputs(const at::Tensor& scores, const std::opt
                     "exclude indptr must be non-decreasing");
   check_index_range(*indices, cols, "exclude indices", "number of columns of scores");
 }
+
+// A checked call, as both backends start it: the targets made contiguous
+// (undefined for all columns) and the int64 output allocated.
+struct RankCall {
+  int64_t num_rows, num_cols, num_targets;
+  at::Tensor targets, out;
+
+  RankCall(const at::Tensor& scores, const std::optional<at::Tensor>& targets_opt,
+           const std::optional<at::Tensor>& indptr, const std::optional<at::Tensor>& indices) {
+    check_rank_positions_inputs(scores, targets_opt, indptr, indices);
+    num_rows = scores.size(0);
+    num_cols = scores.size(1);
+    if (targets_opt.has_value()) targets = targets_opt->contiguous();
+    num_targets = targets.defined() ? targets.size(1) : num_cols;
+    out = at::empty({num_rows, num_targets}, scores.options().dtype(at::kLong));
+  }
+  bool all_columns() const { return !targets.defined(); }
+  bool nothing_to_rank() const { return num_rows == 0 || num_targets == 0; }
+};
 
 }  // namespace rankdistill

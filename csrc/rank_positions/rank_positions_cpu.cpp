@@ -197,13 +197,12 @@ struct RowRanker {
 at::Tensor rank_positions_cpu(const at::Tensor& scores, const std::optional<at::Tensor>& targets_opt,
                               const std::optional<at::Tensor>& indptr_opt,
                               const std::optional<at::Tensor>& indices_opt) {
-  check_rank_positions_inputs(scores, targets_opt, indptr_opt, indices_opt);
-  const int64_t num_rows = scores.size(0), num_cols = scores.size(1);
-  const bool all_columns = !targets_opt.has_value();
-  const at::Tensor targets = all_columns ? at::Tensor() : targets_opt->contiguous();
-  const int64_t num_targets = all_columns ? num_cols : targets.size(1);
-  at::Tensor out = at::empty({num_rows, num_targets}, scores.options().dtype(at::kLong));
-  if (num_rows == 0 || num_targets == 0) return out;
+  const RankCall call(scores, targets_opt, indptr_opt, indices_opt);
+  if (call.nothing_to_rank()) return call.out;
+  const int64_t num_rows = call.num_rows, num_cols = call.num_cols, num_targets = call.num_targets;
+  const bool all_columns = call.all_columns();
+  const at::Tensor& targets = call.targets;
+  const at::Tensor& out = call.out;
 
   const at::Tensor indptr = indptr_opt.has_value() ? indptr_opt->contiguous() : at::Tensor();
   const at::Tensor indices = indices_opt.has_value() ? indices_opt->contiguous() : at::Tensor();

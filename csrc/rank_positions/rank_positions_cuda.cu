@@ -142,14 +142,13 @@ __global__ void __launch_bounds__(kThreads)
 at::Tensor rank_positions_cuda(const at::Tensor& scores, const std::optional<at::Tensor>& targets_opt,
                                const std::optional<at::Tensor>& indptr_opt,
                                const std::optional<at::Tensor>& indices_opt) {
-  check_rank_positions_inputs(scores, targets_opt, indptr_opt, indices_opt);
   const c10::cuda::CUDAGuard device_guard(scores.device());
-  const int64_t num_rows = scores.size(0), num_cols = scores.size(1);
-  const bool all_columns = !targets_opt.has_value();
-  const at::Tensor targets = all_columns ? at::Tensor() : targets_opt->contiguous();
-  const int64_t num_targets = all_columns ? num_cols : targets.size(1);
-  at::Tensor out = at::empty({num_rows, num_targets}, scores.options().dtype(at::kLong));
-  if (num_rows == 0 || num_targets == 0) return out;
+  const RankCall call(scores, targets_opt, indptr_opt, indices_opt);
+  if (call.nothing_to_rank()) return call.out;
+  const int64_t num_rows = call.num_rows, num_cols = call.num_cols, num_targets = call.num_targets;
+  const bool all_columns = call.all_columns();
+  const at::Tensor& targets = call.targets;
+  const at::Tensor& out = call.out;
 
   // Each row's excluded indices sorted (one global sort of row * N + index),
   // so that the kernel can skip repeats by comparing with the previous entry.
