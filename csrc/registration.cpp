@@ -25,10 +25,12 @@ TORCH_LIBRARY(rankdistill, m) {
       "discrepancy_sample(Tensor student_rank, Tensor teacher_rank, int k, float mu, "
       "bool under, bool sorted, Generator? generator) -> Tensor",
       {at::Tag::nondeterministic_seeded});
+  // Returns the per-row loss and the per-entry denominators D_k, which the
+  // backward reads instead of recomputing.
   m.def(
       "relaxed_listmle(Tensor ranked, Tensor tail, Tensor? ranked_mask, "
-      "Tensor? tail_mask) -> Tensor");
+      "Tensor? tail_mask) -> (Tensor, Tensor)");
   m.def(
       "relaxed_listmle_backward(Tensor grad_loss, Tensor ranked, Tensor tail, "
-      "Tensor? ranked_mask, Tensor? tail_mask) -> (Tensor, Tensor)");
+      "Tensor? ranked_mask, Tensor? tail_mask, Tensor denominators) -> (Tensor, Tensor)");
 }

@@ -157,7 +157,7 @@ def relaxed_listmle(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    loss = _ops.relaxed_listmle(ranked, tail, ranked_mask, tail_mask)
+    loss, _ = _ops.relaxed_listmle(ranked, tail, ranked_mask, tail_mask)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":
@@ -185,35 +185,40 @@ def _discrepancy_sample_fake(student_rank, teacher_rank, k, mu, under, sorted, g
     return student_rank.new_empty((student_rank.shape[0], k), dtype=torch.long)
 
 
-def _listmle_loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def _listmle_accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.library.register_fake("rankdistill::relaxed_listmle")
 def _relaxed_listmle_fake(ranked, tail, ranked_mask, tail_mask):
-    return ranked.new_empty((ranked.shape[0],), dtype=_listmle_loss_dtype(ranked.dtype))
+    dtype = _listmle_accumulate_dtype(ranked.dtype)
+    return ranked.new_empty((ranked.shape[0],), dtype=dtype), ranked.new_empty(tuple(ranked.shape), dtype=dtype)
 
 
 @torch.library.register_fake("rankdistill::relaxed_listmle_backward")
-def _relaxed_listmle_backward_fake(grad_loss, ranked, tail, ranked_mask, tail_mask):
+def _relaxed_listmle_backward_fake(grad_loss, ranked, tail, ranked_mask, tail_mask, denominators):
     return torch.empty_like(ranked, memory_format=torch.contiguous_format), torch.empty_like(
         tail, memory_format=torch.contiguous_format
     )
 
 
 # ---------------------------------------------------------------------------
-# Autograd: the backward is its own fused op, which recomputes the per-row
-# denominators from the inputs instead of saving them.
+# Autograd: the backward is its own fused op, which reads the denominators
+# that the forward returned as its second, non-differentiable output.
 
 
 def _relaxed_listmle_setup_context(ctx, inputs, output):
     ranked, tail, ranked_mask, tail_mask = inputs
-    ctx.save_for_backward(ranked, tail, ranked_mask, tail_mask)
+    denominators = output[1]
+    ctx.mark_non_differentiable(denominators)
+    ctx.save_for_backward(ranked, tail, ranked_mask, tail_mask, denominators)
 
 
-def _relaxed_listmle_backward(ctx, grad_loss):
-    ranked, tail, ranked_mask, tail_mask = ctx.saved_tensors
-    grad_ranked, grad_tail = _ops.relaxed_listmle_backward(grad_loss, ranked, tail, ranked_mask, tail_mask)
+def _relaxed_listmle_backward(ctx, grad_loss, _grad_denominators):
+    ranked, tail, ranked_mask, tail_mask, denominators = ctx.saved_tensors
+    grad_ranked, grad_tail = _ops.relaxed_listmle_backward(
+        grad_loss, ranked, tail, ranked_mask, tail_mask, denominators
+    )
     return grad_ranked, grad_tail, None, None
 
 

@@ -47,7 +47,9 @@ def test_opcheck_relaxed_listmle(device):
     opcheck(torch.ops.rankdistill.relaxed_listmle, (ranked, tail, mask, None))
     opcheck(torch.ops.rankdistill.relaxed_listmle, (ranked, tail, None, None))
     grad = torch.randn(5, device=device, dtype=torch.float64)
-    opcheck(torch.ops.rankdistill.relaxed_listmle_backward, (grad, ranked.detach(), tail.detach(), mask, None))
+    _, denominators = torch.ops.rankdistill.relaxed_listmle(ranked.detach(), tail.detach(), mask, None)
+    opcheck(torch.ops.rankdistill.relaxed_listmle_backward,
+            (grad, ranked.detach(), tail.detach(), mask, None, denominators))
 
 
 def distill_step(scores, targets, ranked, tail, weights):

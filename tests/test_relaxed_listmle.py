@@ -146,3 +146,7 @@ def test_errors(device):
         ops.relaxed_listmle(r, t, tail_mask=torch.ones(3, 3, dtype=torch.bool, device=device))
     with pytest.raises(ValueError, match="reduction"):
         ops.relaxed_listmle(r, t, reduction="avg")
+    _, denominators = torch.ops.rankdistill.relaxed_listmle(r, t, None, None)
+    with pytest.raises(ValueError, match="second output of relaxed_listmle"):
+        torch.ops.rankdistill.relaxed_listmle_backward(torch.ones(3, device=device), r, t, None, None,
+                                                       denominators[:, :2])

@@ -44,7 +44,7 @@ WEIGHT_CASES = [
     ([1.0, 2.0, 3.0, 4.0, 10.0], 2),
     ([0.5, 0.0, 2.0, 1.0, 4.0, 8.0], 3),
     ([1.0, 1.0, 30.0, 0.2], 1),
-    # many columns after the first k: long jumps between kept columns
+    # many columns after the first k: the heap's pruning threshold matters
     ([0.25, 5.0, 0.0, 1.0, 2.0, 0.125, 7.0, 3.0, 0.5, 4.0, 1.0, 2.0], 3),
 ]
 N_DRAWS = 60_000
@@ -159,8 +159,8 @@ def test_weighted_sample_errors(device):
 
 
 def test_discrepancy_distribution(device):
-    # tanh(x) < x here, so the CPU's jumps over the bound min(x, 1) thin out
-    # some columns: the distribution must still be exact.
+    # tanh(x) < x here: the CPU's pruning by the bound min(x, 1) must not
+    # change the distribution.
     mu = 0.05
     student = torch.tensor([3, 30, 8, 40, 2, 90])
     teacher = torch.tensor([0, 1, 2, 3, 4, 5])

@@ -1,7 +1,7 @@
 // rank_positions on the CPU, parallel over rows. Two exact algorithms:
 //  - counting (targets given and few): sort the row's T targets, then one pass
-//    over the N scores, each located among the targets (a bucket table over
-//    the targets' score keys, then a short binary search); a prefix sum of the
+//    over the N scores, each located among the targets (a table of buckets
+//    over the targets' score range, then a short binary search); a prefix sum of the
 //    per-slot counts gives every target's rank. About O(N) per row, and no
 //    buffer larger than T per thread.
 //  - sorting (all columns, or T comparable to N): sort the row once by 64-bit
@@ -36,9 +36,10 @@ inline uint64_t ranking_key(float score, int64_t col) {
   return (static_cast<uint64_t>(~ascending_key(score)) << 32) | static_cast<uint32_t>(col);
 }
 
-// A row's targets in ranking order, with a table of buckets over their score
-// keys: a score's bucket bounds the targets it can fall between, so locating
-// it costs a short search instead of log2(T) unpredictable steps.
+// A row's targets in ranking order, with a table of equal-width buckets over
+// the range of their scores: a score's bucket bounds the targets it can fall
+// between, so locating it costs a short search instead of log2(T)
+// unpredictable steps.
 class TargetIndex {
  public:
   std::vector<float> scores;
@@ -47,37 +48,43 @@ class TargetIndex {
   // Call after filling `scores` and `cols` (sorted in ranking order, n > 0).
   void build_buckets() {
     const int n = static_cast<int>(scores.size());
-    low_key_ = ascending_key(scores[n - 1]);
-    high_key_ = ascending_key(scores[0]);
+    low_ = scores[n - 1];
+    high_ = scores[0];
     int num_buckets = 16;
     while (num_buckets < 2 * n && num_buckets < (1 << 16)) num_buckets <<= 1;
-    shift_ = 0;
-    while (((high_key_ - low_key_) >> shift_) >= static_cast<uint32_t>(num_buckets)) ++shift_;
+    const float span = high_ - low_;
+    // An infinite or empty span leaves one bucket: a plain binary search.
+    last_bucket_ = std::isfinite(span) && span > 0.0f ? num_buckets - 1 : 0;
+    scale_ = last_bucket_ > 0 ? static_cast<float>(num_buckets) / span : 0.0f;
     // starts_[b + 1] = first position whose bucket is <= b; starts_[0] = n.
-    starts_.assign(num_buckets + 1, n);
+    starts_.assign(last_bucket_ + 2, n);
     int j = 0;
-    for (int b = num_buckets - 1; b >= 0; --b) {
-      while (j < n && bucket(scores[j]) > static_cast<uint32_t>(b)) ++j;
+    for (int b = last_bucket_; b >= 0; --b) {
+      while (j < n && bucket(scores[j]) > b) ++j;
       starts_[b + 1] = j;
     }
   }
 
-  float lowest() const { return scores.back(); }
+  float lowest() const { return low_; }
 
   // first_target_after for a score >= lowest().
   int locate(float s, int64_t i) const {
-    const uint32_t key = ascending_key(s);
-    if (key > high_key_) return 0;
-    const uint32_t b = (key - low_key_) >> shift_;
+    if (s > high_) return 0;
+    const int b = bucket(s);
     const int begin = starts_[b + 1], end = starts_[b];
     return begin + first_target_after(scores.data() + begin, cols.data() + begin, end - begin, s, i);
   }
 
  private:
-  uint32_t bucket(float s) const { return (ascending_key(s) - low_key_) >> shift_; }
+  // Non-decreasing in s (rounding is monotone), so the buckets keep the order.
+  int bucket(float s) const {
+    if (last_bucket_ == 0) return 0;
+    const int b = static_cast<int>((s - low_) * scale_);
+    return b < last_bucket_ ? b : last_bucket_;
+  }
 
-  uint32_t low_key_ = 0, high_key_ = 0;
-  int shift_ = 0;
+  float low_ = 0.0f, high_ = 0.0f, scale_ = 0.0f;
+  int last_bucket_ = 0;
   std::vector<int> starts_;
 };
 

@@ -1,12 +1,14 @@
 #pragma once
 // The relaxed ListMLE of one row, forward and backward, shared by the CPU and
-// CUDA kernels. With R_k = logsumexp(s_k..s_K), U = logsumexp(t) and
-// D_k = logaddexp(R_k, U) over the valid entries:
+// CUDA kernels. Over the valid entries, with U = logsumexp(t) and
+// D_k = log(sum_{i>=k} exp(s_i) + sum_l exp(t_l)), i.e. the recurrence
+// D_k = logaddexp(s_k, D_{k+1}) from D_{K+1} = U (computed in scaled form below):
 //   loss       = sum_k (D_k - s_k)
-//   dL/ds_j    = sum_{k<=j} exp(s_j - D_k) - 1
-//   dL/dt_l    = sum_k exp(t_l - D_k)
-// Every exponent above is <= 0 (D_k >= s_j for k <= j, D_k >= t_l), so the
-// computation is stable for any finite scores.
+//   dL/ds_j    = exp(s_j - D_j) * Y_j - 1,   Y_j = sum_{k<=j} exp(D_j - D_k)
+//   dL/dt_l    = exp(t_l - D_K) * Y_K
+// D_k does not increase with k, so Y_j = 1 + Y_{j-1} exp(D_j - D_{j-1}) and
+// every exponent above is <= 0: stable for any finite scores, with one
+// log-add-exp per entry forward and two exponentials per entry backward.
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
@@ -17,15 +19,6 @@
 
 namespace rankdistill {
 
-template <typename acc_t>
-RD_HOST_DEVICE acc_t log_add_exp(acc_t a, acc_t b) {
-  if (a == -INFINITY) return b;
-  if (b == -INFINITY) return a;
-  const acc_t hi = a > b ? a : b;
-  const acc_t lo = a > b ? b : a;
-  return hi + std::log1p(std::exp(lo - hi));
-}
-
 // One row of the inputs: contiguous values, and a mask (nullptr = all valid).
 template <typename scalar_t>
 struct ListRow {
@@ -35,56 +28,73 @@ struct ListRow {
   RD_HOST_DEVICE bool valid(int64_t i) const { return mask == nullptr || mask[i]; }
 };
 
+// Writes D_k into denominators[k] (0 for padding) and returns the row's loss.
+// D_k = peak + log(scaled) with peak the largest score so far (tail included)
+// and scaled = sum exp(x - peak) >= 1: the recurrence carries only products
+// and sums, so the exponentials and logs stay off its critical path and
+// pipeline, where a chain of log-add-exps would wait on each log.
 template <typename scalar_t, typename acc_t>
-RD_HOST_DEVICE acc_t tail_logsumexp(const ListRow<scalar_t>& tail) {
+RD_HOST_DEVICE acc_t listmle_denominators(const ListRow<scalar_t>& ranked, const ListRow<scalar_t>& tail,
+                                          acc_t* denominators) {
   acc_t peak = -INFINITY;
   for (int64_t l = 0; l < tail.size; ++l) {
     if (tail.valid(l) && static_cast<acc_t>(tail.values[l]) > peak) peak = static_cast<acc_t>(tail.values[l]);
   }
-  if (peak == -INFINITY) return peak;
-  acc_t total = 0;
-  for (int64_t l = 0; l < tail.size; ++l) {
-    if (tail.valid(l)) total += std::exp(static_cast<acc_t>(tail.values[l]) - peak);
+  acc_t scaled = 0;
+  if (peak != -INFINITY) {
+    for (int64_t l = 0; l < tail.size; ++l) {
+      if (tail.valid(l)) scaled += std::exp(static_cast<acc_t>(tail.values[l]) - peak);
+    }
   }
-  return peak + std::log(total);
-}
-
-// Writes D_k into denominators[k] for the valid k and returns the row's loss.
-template <typename scalar_t, typename acc_t>
-RD_HOST_DEVICE acc_t listmle_denominators(const ListRow<scalar_t>& ranked, const ListRow<scalar_t>& tail,
-                                          acc_t* denominators) {
-  const acc_t tail_lse = tail_logsumexp<scalar_t, acc_t>(tail);
-  acc_t suffix_lse = -INFINITY, loss = 0;
+  acc_t loss = 0;
   for (int64_t k = ranked.size - 1; k >= 0; --k) {
-    if (!ranked.valid(k)) continue;
+    if (!ranked.valid(k)) {
+      denominators[k] = 0;
+      continue;
+    }
     const acc_t s = static_cast<acc_t>(ranked.values[k]);
-    suffix_lse = log_add_exp(suffix_lse, s);
-    denominators[k] = log_add_exp(suffix_lse, tail_lse);
+    if (s > peak) {  // exp(-inf) = 0 when the first peak is set, and 0 * 0 = 0
+      scaled = scaled * std::exp(peak - s) + acc_t(1);
+      peak = s;
+    } else {
+      scaled += std::exp(s - peak);
+    }
+    denominators[k] = peak + std::log(scaled);
     loss += denominators[k] - s;
   }
   return loss;
 }
 
+// The gradients of one row, from the denominators its forward wrote.
 template <typename scalar_t, typename acc_t>
 RD_HOST_DEVICE void listmle_row_backward(acc_t grad_loss, const ListRow<scalar_t>& ranked,
-                                         const ListRow<scalar_t>& tail, acc_t* scratch, scalar_t* grad_ranked,
-                                         scalar_t* grad_tail) {
-  listmle_denominators<scalar_t, acc_t>(ranked, tail, scratch);
-  // prefix = log sum_{k<=j} exp(-D_k)
-  acc_t prefix = -INFINITY;
+                                         const ListRow<scalar_t>& tail, const acc_t* denominators,
+                                         scalar_t* grad_ranked, scalar_t* grad_tail) {
+  acc_t weight_sum = 0, last_denominator = 0;  // Y_j and D_j of the last valid j
   for (int64_t j = 0; j < ranked.size; ++j) {
     if (!ranked.valid(j)) {
       grad_ranked[j] = scalar_t(0);
       continue;
     }
-    prefix = log_add_exp(prefix, -scratch[j]);
+    const acc_t denominator = denominators[j];
+    weight_sum = weight_sum == 0 ? acc_t(1) : acc_t(1) + weight_sum * std::exp(denominator - last_denominator);
+    last_denominator = denominator;
     const acc_t s = static_cast<acc_t>(ranked.values[j]);
-    grad_ranked[j] = static_cast<scalar_t>(grad_loss * (std::exp(s + prefix) - acc_t(1)));
+    grad_ranked[j] = static_cast<scalar_t>(grad_loss * (std::exp(s - denominator) * weight_sum - acc_t(1)));
   }
   for (int64_t l = 0; l < tail.size; ++l) {
     const acc_t t = static_cast<acc_t>(tail.values[l]);
-    grad_tail[l] = tail.valid(l) ? static_cast<scalar_t>(grad_loss * std::exp(t + prefix)) : scalar_t(0);
+    grad_tail[l] = tail.valid(l) && weight_sum != 0
+                       ? static_cast<scalar_t>(grad_loss * std::exp(t - last_denominator) * weight_sum)
+                       : scalar_t(0);
   }
+}
+
+// Everything is computed in float32 for float32 and half-precision inputs
+// (a sum of K terms overflows float16 easily) and in float64 for float64
+// inputs; the per-row loss and the denominators come in that dtype.
+inline at::ScalarType listmle_accumulate_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 inline void check_relaxed_listmle_inputs(const at::Tensor& ranked, const at::Tensor& tail,
@@ -105,8 +115,13 @@ inline void check_relaxed_listmle_inputs(const at::Tensor& ranked, const at::Ten
 inline void check_relaxed_listmle_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& ranked,
                                                   const at::Tensor& tail,
                                                   const std::optional<at::Tensor>& ranked_mask,
-                                                  const std::optional<at::Tensor>& tail_mask) {
+                                                  const std::optional<at::Tensor>& tail_mask,
+                                                  const at::Tensor& denominators) {
   check_relaxed_listmle_inputs(ranked, tail, ranked_mask, tail_mask);
+  check_same_device(denominators, ranked, "denominators", "ranked");
+  TORCH_CHECK_VALUE(denominators.sizes() == ranked.sizes() &&
+                        denominators.scalar_type() == listmle_accumulate_dtype(ranked.scalar_type()),
+                    "denominators must be the second output of relaxed_listmle for these inputs");
   check_dim(grad_loss, 1, "grad_loss");
   check_floating(grad_loss, "grad_loss");
   check_same_device(grad_loss, ranked, "grad_loss", "ranked");
@@ -144,10 +159,5 @@ struct ListmleInputs {
   }
 };
 
-// The per-row loss is returned in float32 for half-precision inputs (a sum of
-// K terms overflows float16 easily) and in the input dtype otherwise.
-inline at::ScalarType listmle_loss_dtype(at::ScalarType input) {
-  return (input == at::kHalf || input == at::kBFloat16) ? at::kFloat : input;
-}
 
 }  // namespace rankdistill

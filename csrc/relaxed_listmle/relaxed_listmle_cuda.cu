@@ -1,8 +1,8 @@
 // Relaxed ListMLE on CUDA: one thread per row runs the shared row functions
 // of relaxed_listmle.h, so the GPU computes exactly what the CPU does. Rows
 // are short (K and L are tens to hundreds) and many, which one thread per row
-// serves well; the denominators go to a [B, K] scratch tensor in the
-// accumulation type, since a thread's stack cannot hold a row of any length.
+// serves well. The forward writes the per-entry denominators, a second
+// output in the accumulation type, which the backward reads.
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -12,7 +12,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <type_traits>
 
 #include "relaxed_listmle.h"
 
@@ -28,69 +27,66 @@ __device__ __forceinline__ ListRow<scalar_t> row_at(const ListRow<scalar_t>& fir
           first.size};
 }
 
-template <typename scalar_t, typename acc_t, typename loss_t>
+template <typename scalar_t, typename acc_t>
 __global__ void listmle_forward_kernel(ListRow<scalar_t> ranked, ListRow<scalar_t> tail, int64_t num_rows,
-                                       acc_t* denominators, loss_t* loss) {
+                                       acc_t* denominators, acc_t* loss) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= num_rows) return;
-  loss[row] = static_cast<loss_t>(listmle_denominators<scalar_t, acc_t>(
-      row_at(ranked, row), row_at(tail, row), denominators + row * ranked.size));
+  loss[row] = listmle_denominators<scalar_t, acc_t>(row_at(ranked, row), row_at(tail, row),
+                                                    denominators + row * ranked.size);
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void listmle_backward_kernel(const acc_t* grad_loss, ListRow<scalar_t> ranked, ListRow<scalar_t> tail,
-                                        int64_t num_rows, acc_t* scratch, scalar_t* grad_ranked,
+                                        int64_t num_rows, const acc_t* denominators, scalar_t* grad_ranked,
                                         scalar_t* grad_tail) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= num_rows) return;
   listmle_row_backward<scalar_t, acc_t>(grad_loss[row], row_at(ranked, row), row_at(tail, row),
-                                        scratch + row * ranked.size, grad_ranked + row * ranked.size,
+                                        denominators + row * ranked.size, grad_ranked + row * ranked.size,
                                         grad_tail + row * tail.size);
 }
 
 unsigned int row_blocks(int64_t num_rows) { return static_cast<unsigned int>((num_rows + kThreads - 1) / kThreads); }
 
-at::Tensor relaxed_listmle_cuda(const at::Tensor& ranked, const at::Tensor& tail,
-                                const std::optional<at::Tensor>& ranked_mask,
-                                const std::optional<at::Tensor>& tail_mask) {
+std::tuple<at::Tensor, at::Tensor> relaxed_listmle_cuda(const at::Tensor& ranked, const at::Tensor& tail,
+                                                        const std::optional<at::Tensor>& ranked_mask,
+                                                        const std::optional<at::Tensor>& tail_mask) {
   check_relaxed_listmle_inputs(ranked, tail, ranked_mask, tail_mask);
   const c10::cuda::CUDAGuard device_guard(ranked.device());
   const ListmleInputs in(ranked, tail, ranked_mask, tail_mask);
   const int64_t num_rows = ranked.size(0), K = ranked.size(1);
-  at::Tensor loss = at::empty({num_rows}, ranked.options().dtype(listmle_loss_dtype(ranked.scalar_type())));
-  if (num_rows == 0) return loss;
+  const auto acc_options = ranked.options().dtype(listmle_accumulate_dtype(ranked.scalar_type()));
+  at::Tensor loss = at::empty({num_rows}, acc_options), denominators = at::empty({num_rows, K}, acc_options);
+  if (num_rows == 0) return {loss, denominators};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ranked.scalar_type(), "relaxed_listmle_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    using loss_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    at::Tensor denominators =
-        at::empty({num_rows, K}, in.ranked.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    listmle_forward_kernel<scalar_t, acc_t, loss_t>
-        <<<row_blocks(num_rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            in.ranked_row<scalar_t>(0), in.tail_row<scalar_t>(0), num_rows,
-            denominators.mutable_data_ptr<acc_t>(), loss.mutable_data_ptr<loss_t>());
+    listmle_forward_kernel<scalar_t, acc_t><<<row_blocks(num_rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        in.ranked_row<scalar_t>(0), in.tail_row<scalar_t>(0), num_rows, denominators.mutable_data_ptr<acc_t>(),
+        loss.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return loss;
+  return {loss, denominators};
 }
 
 std::tuple<at::Tensor, at::Tensor> relaxed_listmle_backward_cuda(const at::Tensor& grad_loss,
                                                                  const at::Tensor& ranked, const at::Tensor& tail,
                                                                  const std::optional<at::Tensor>& ranked_mask,
-                                                                 const std::optional<at::Tensor>& tail_mask) {
-  check_relaxed_listmle_backward_inputs(grad_loss, ranked, tail, ranked_mask, tail_mask);
+                                                                 const std::optional<at::Tensor>& tail_mask,
+                                                                 const at::Tensor& denominators) {
+  check_relaxed_listmle_backward_inputs(grad_loss, ranked, tail, ranked_mask, tail_mask, denominators);
   const c10::cuda::CUDAGuard device_guard(ranked.device());
   const ListmleInputs in(ranked, tail, ranked_mask, tail_mask);
-  const int64_t num_rows = ranked.size(0), K = ranked.size(1);
+  const int64_t num_rows = ranked.size(0);
   at::Tensor grad_ranked = at::empty_like(in.ranked), grad_tail = at::empty_like(in.tail);
   if (num_rows == 0) return {grad_ranked, grad_tail};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ranked.scalar_type(), "relaxed_listmle_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    const at::ScalarType acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor grad = grad_loss.to(acc_dtype).contiguous();
-    at::Tensor scratch = at::empty({num_rows, K}, in.ranked.options().dtype(acc_dtype));
+    const at::Tensor grad = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const at::Tensor denominators_contiguous = denominators.contiguous();
     listmle_backward_kernel<scalar_t, acc_t><<<row_blocks(num_rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<acc_t>(), in.ranked_row<scalar_t>(0), in.tail_row<scalar_t>(0), num_rows,
-        scratch.mutable_data_ptr<acc_t>(), grad_ranked.mutable_data_ptr<scalar_t>(),
+        denominators_contiguous.const_data_ptr<acc_t>(), grad_ranked.mutable_data_ptr<scalar_t>(),
         grad_tail.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -1,8 +1,7 @@
-// Sampling without replacement on the CPU: weighted reservoir sampling with
-// exponential jumps per row (see sample_row), parallel over rows. The draws
-// do not depend on the thread count. The CUDA backend draws one Philox key
-// per column instead; both give exactly the distribution of successive
-// sampling, with different random streams.
+// Sampling without replacement on the CPU: every positive-weight column has
+// the Philox key log(u) / w of philox.h, the same keys as the CUDA backend,
+// and a per-row heap keeps the k largest (see sample_row). Parallel over rows;
+// the draws do not depend on the thread count.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Dispatch_v2.h>
@@ -36,51 +35,24 @@ constexpr auto drawn_first = [](const Candidate& a, const Candidate& b) {
 };
 constexpr auto by_column = [](const Candidate& a, const Candidate& b) { return a.second < b.second; };
 
-// The row's own stream of uniforms: draw j of row r is a pure function of
-// (seed, r, j), so rows can go to any thread.
-class RowUniforms {
- public:
-  RowUniforms(uint64_t seed, int64_t row) : seed_(seed), row_(row) {}
-  double next() {
-    if (has_odd_) {
-      has_odd_ = false;
-      return pending_odd_;
-    }
-    const UniformPair u = uniform_pair(seed_, 0, row_, pair_++);
-    pending_odd_ = u.odd;
-    has_odd_ = true;
-    return u.even;
-  }
-
- private:
-  uint64_t seed_;
-  int64_t row_, pair_ = 0;
-  double pending_odd_ = 0.0;
-  bool has_odd_ = false;
-};
-
-// Fills `best` with the row's sample, as a heap whose front is the worst, by
-// weighted reservoir sampling with exponential jumps (Efraimidis & Spirakis,
-// 2006, A-ExpJ): once k columns are held, the weight to skip before the next
-// column that beats the worst key is drawn directly, so random numbers and
-// logs are spent on about k log(C / k) columns, not C. The jumps run over the
-// weights' cheap upper bounds; a column reached that way is kept with
-// probability P(beat | w) / P(beat | bound) (thinning), which needs the exact
-// weight (DCD's tanh) only there. Exact for any weights. Returns false if a
-// weight was invalid.
+// Fills `best` with the row's sample, as a heap whose front is the worst:
+// every positive-weight column has the key log(u) / w of philox.h (the CUDA
+// backend's keys), and the heap keeps the k largest. log(u) <= u - 1 and
+// w <= bound give key <= (u - 1) / bound, which rejects most columns without
+// the log or the exact weight (DCD's tanh). Returns false if a weight was
+// invalid.
 template <typename Weights>
 bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k, uint64_t seed,
                 std::vector<Candidate>& best) {
   best.clear();
-  RowUniforms uniform(seed, row);
   bool valid = true;
-  const auto bound_at = [&](int64_t col) {
-    const double bound = weights.upper(row, col);
-    valid &= !invalid_weight(bound);
-    return bound > 0.0 && bound != INFINITY ? bound : 0.0;
-  };
-  const auto hold = [&](const Candidate& candidate) {
-    if (static_cast<int64_t>(best.size()) < k) {
+  const auto offer = [&](int64_t col, double u, double bound) {
+    if (!(bound > 0.0) || bound == INFINITY || k == 0) return;
+    const bool full = static_cast<int64_t>(best.size()) == k;
+    // the margin keeps rounding from rejecting a column that would enter
+    if (full && (u - 1.0) < best.front().first * bound * (1.0 + 1e-9)) return;
+    const Candidate candidate{key_from_uniform(u, weights(row, col)), col};
+    if (!full) {
       best.push_back(candidate);
       std::push_heap(best.begin(), best.end(), drawn_first);
     } else if (drawn_first(candidate, best.front())) {
@@ -89,37 +61,15 @@ bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k
       std::push_heap(best.begin(), best.end(), drawn_first);
     }
   };
-  int64_t col = 0;
-  for (; col < num_cols && static_cast<int64_t>(best.size()) < k; ++col) {
-    if (bound_at(col) > 0.0) hold({key_from_uniform(uniform.next(), weights(row, col)), col});
+  for (int64_t even = 0; even < num_cols; even += 2) {
+    const double bound_even = weights.upper(row, even);
+    const double bound_odd = even + 1 < num_cols ? weights.upper(row, even + 1) : 0.0;
+    valid &= !invalid_weight(bound_even) && !invalid_weight(bound_odd);
+    if (!(bound_even > 0.0) && !(bound_odd > 0.0)) continue;  // no random numbers for zero weights
+    const UniformPair u = uniform_pair(seed, 0, row, even >> 1);
+    offer(even, u.even, bound_even);
+    if (even + 1 < num_cols) offer(even + 1, u.odd, bound_odd);
   }
-  while (k > 0 && col < num_cols) {
-    const double threshold = best.front().first;  // the worst key held, < 0
-    if (threshold == -INFINITY) {  // keys underflowed (denormal weights): go column by column
-      if (bound_at(col) > 0.0) hold({key_from_uniform(uniform.next(), weights(row, col)), col});
-      ++col;
-      continue;
-    }
-    // Skip columns until their cumulated bound passes an Exp(|threshold|) draw.
-    double jump = std::log(uniform.next()) / threshold;
-    double bound = 0.0;
-    for (; col < num_cols; ++col) {
-      bound = bound_at(col);
-      jump -= bound;
-      if (bound > 0.0 && jump <= 0.0) break;
-    }
-    if (col == num_cols) break;
-    const double weight = weights(row, col);
-    if (weight < bound && uniform.next() * -std::expm1(threshold * bound) >= -std::expm1(threshold * weight)) {
-      ++col;  // thinned out
-      continue;
-    }
-    // Its key, given that it beats the threshold: u uniform in (exp(threshold * w), 1).
-    const double low = std::exp(threshold * weight);
-    hold({key_from_uniform(low + uniform.next() * (1.0 - low), weight), col});
-    ++col;
-  }
-  for (; col < num_cols; ++col) bound_at(col);  // every weight is checked
   return valid;
 }
 
