@@ -1,0 +1,327 @@
+"""The ``rankdistill`` command line (also ``python -m rankdistill``).
+
+    rankdistill teacher  [--data PATH] [--model bpr] [--dim 200] ...   train a teacher
+    rankdistill student  [--data PATH] [--model bpr] [--dim 20] ...    train a plain student
+    rankdistill train --role {teacher,student} ...                     the same two
+    rankdistill evaluate RUN_DIR/best.pt [--split FILE] ...            evaluate a saved model
+    rankdistill demo                                                   teacher vs student on synthetic data
+
+Without ``--data`` the embedded synthetic data set is used. A mistake in the
+input (missing or malformed file, bad option) prints one line
+``rankdistill: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import FORMATS, Interactions, kcore, load, synthetic
+from .errors import ConfigError, RankdistillError
+from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
+from .io import write_json
+from .models import MODELS, build_model, load_model, model_info
+from .report import Row, format_table
+from .split import Split, leave_one_out
+from .trainer import CHECKPOINT, Method, TrainConfig, Trainer, check_device, seed_everything
+
+log = logging.getLogger("rankdistill")
+
+# Papers' sizes: the student has about 10% of the teacher's parameters.
+DEFAULT_DIMS = {"teacher": 200, "student": 20}
+FULL_PROTOCOL_CUTOFFS = (5, 10, 20, 50, 100)
+SPLIT_FILE = "split.npz"
+SPLIT_DEFAULTS = {"seed": 0, "n_candidates": 499}
+# The demo's settings: tuned so that on 2 CPU cores both runs take about a minute.
+DEMO_TRAINING = {"lr": 5e-3, "epochs": 40, "patience": 5, "batch_size": 1024}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(2, f"rankdistill: error: {message}\n")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break a progress bar on the terminal."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part) for part in text.split(",") if part.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+
+
+def _common_options() -> argparse.ArgumentParser:
+    parent = _Parser(add_help=False)
+    parent.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parent.add_argument("--no-progress", action="store_true", help="no progress bars (off anyway when not a terminal)")
+    parent.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final table")
+    return parent
+
+
+def _data_options() -> argparse.ArgumentParser:
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("data")
+    group.add_argument("--data", type=Path, help="users.dat or delimited text (default: the embedded synthetic set)")
+    group.add_argument("--format", choices=FORMATS, default="auto", help="file format (default: detect)")
+    group.add_argument("--sep", help="delimited text: separator (default: detect tab, ::, comma, ;, |, whitespace)")
+    group.add_argument("--header", action="store_true", help="delimited text: skip the first line")
+    group.add_argument("--rating-threshold", type=float, help="delimited text: keep rows with rating >= this")
+    group.add_argument("--min-user-count", type=_positive_int, default=1, help="k-core: users with >= this many")
+    group.add_argument("--min-item-count", type=_positive_int, default=1, help="k-core: items with >= this many")
+    group.add_argument("--split", type=Path, help="split file: loaded if it exists, else created there "
+                                                 f"(default: OUT/{SPLIT_FILE})")
+    group.add_argument("--split-seed", type=int, help=f"seed of a new split (default: {SPLIT_DEFAULTS['seed']})")
+    group.add_argument("--eval-candidates", type=_positive_int,
+                       help="sampled unobserved items per evaluated user in a new split "
+                            f"(default: {SPLIT_DEFAULTS['n_candidates']})")
+    return parent
+
+
+def _eval_options() -> argparse.ArgumentParser:
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("evaluation")
+    group.add_argument("--protocol", choices=PROTOCOLS, default="sampled",
+                       help="rank among the sampled candidates or among all unobserved items (default: sampled)")
+    group.add_argument("--cutoffs", type=_cutoffs,
+                       help="metric cutoffs N, comma-separated (default: 5,10,20; full protocol: 5,10,20,50,100)")
+    group.add_argument("--eval-batch-size", type=_positive_int, default=256, help="users per evaluation batch")
+    return parent
+
+
+def _train_options() -> argparse.ArgumentParser:
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("model and training")
+    group.add_argument("--model", choices=sorted(MODELS), default="bpr", help="base model (default: bpr)")
+    group.add_argument("--dim", type=_positive_int, help="embedding size (default: teacher 200, student 20)")
+    group.add_argument("--corruption", type=float, default=0.5, help="CDAE input dropout (default: 0.5)")
+    group.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default: 100)")
+    group.add_argument("--batch-size", type=_positive_int, default=1024, help="positives per batch (default: 1024)")
+    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    group.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
+    group.add_argument("--negatives", type=_positive_int, default=1,
+                       help="sampled negatives per positive per epoch (default: 1)")
+    group.add_argument("--eval-every", type=_positive_int, default=1, help="validate every E epochs (default: 1)")
+    group.add_argument("--patience", type=_positive_int, default=10,
+                       help="stop after this many validations without a better H@5 (default: 10)")
+    group.add_argument("--metric", default="H@5", help="model selection metric (default: H@5)")
+    group.add_argument("--seed", type=int, default=0, help="training seed: initialisation, shuffling, negatives")
+    group.add_argument("--out", type=Path, help="run folder (default: runs/ROLE-MODEL-dDIM)")
+    group.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    group.add_argument("--overwrite", action="store_true", help="start over even if OUT has a checkpoint")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rankdistill", description="Ranking knowledge distillation for recommender systems.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    common, data, evaluation, training = _common_options(), _data_options(), _eval_options(), _train_options()
+
+    train = commands.add_parser("train", parents=[common, data, evaluation, training],
+                                help="train a teacher or a plain student")
+    train.add_argument("--role", choices=sorted(DEFAULT_DIMS), default="student", help="default: student")
+    train.set_defaults(func=cmd_train)
+    for role in DEFAULT_DIMS:
+        alias = commands.add_parser(role, parents=[common, data, evaluation, training],
+                                    help=f"same as: train --role {role}")
+        alias.set_defaults(func=cmd_train, role=role)
+
+    evaluate = commands.add_parser("evaluate", parents=[common, data, evaluation],
+                                   help="evaluate a saved model (best.pt or checkpoint.pt)")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--part", choices=("test", "valid"), default="test", help="held-out part (default: test)")
+    evaluate.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    demo = commands.add_parser("demo", parents=[common], help="teacher vs student on the synthetic data set")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
+    demo.add_argument("--epochs", type=_positive_int, default=DEMO_TRAINING["epochs"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+# ------------------------------------------------------------------ helpers
+
+def _load_data(args: argparse.Namespace) -> Interactions:
+    if args.data is None:
+        if args.format != "auto" or args.sep or args.header or args.rating_threshold is not None:
+            raise ConfigError("--format, --sep, --header and --rating-threshold need --data")
+        data = synthetic()
+    else:
+        data = load(args.data, format=args.format, sep=args.sep, header=args.header,
+                    rating_threshold=args.rating_threshold)
+    if args.min_user_count > 1 or args.min_item_count > 1:
+        data = kcore(data, args.min_user_count, args.min_item_count)
+    log.info("data: %s", data)
+    return data
+
+
+def _prepare_split(args: argparse.Namespace, default_path: Path) -> Split:
+    """The split file given (or the run folder's) if it exists, else a new one saved there."""
+    path = args.split or default_path
+    data = _load_data(args)
+    if path.exists():
+        split = Split.load(path)
+        split.check_matches(data)
+        made_with = {"split-seed": split.seed, "eval-candidates": split.valid_candidates.shape[1]}
+        asked = {"split-seed": args.split_seed, "eval-candidates": args.eval_candidates}
+        if any(asked[key] is not None and asked[key] != made_with[key] for key in asked):
+            raise ConfigError(f"{path} was made with --split-seed {split.seed} and --eval-candidates "
+                              f"{made_with['eval-candidates']}; drop those options or use another --split")
+        log.info("split: loaded %s", path)
+    else:
+        split = _new_split(args, data)
+        split.save(path)
+        log.info("split: %d evaluated users, saved to %s", len(split.eval_users), path)
+    return split
+
+
+def _new_split(args: argparse.Namespace, data: Interactions) -> Split:
+    seed = SPLIT_DEFAULTS["seed"] if args.split_seed is None else args.split_seed
+    n_candidates = args.eval_candidates or SPLIT_DEFAULTS["n_candidates"]
+    return leave_one_out(data, seed=seed, n_candidates=n_candidates)
+
+
+def _train_csr(split: Split, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(torch.as_tensor(a, device=device) for a in split.train.to_csr())
+
+
+def _cutoffs_for(args: argparse.Namespace) -> tuple[int, ...]:
+    if args.cutoffs:
+        return args.cutoffs
+    return FULL_PROTOCOL_CUTOFFS if args.protocol == "full" else DEFAULT_CUTOFFS
+
+
+def _train(role: str, split: Split, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
+           resume: bool, overwrite: bool) -> tuple[Row, Any]:
+    if (out / CHECKPOINT).exists() and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    seed_everything(config.seed)
+    model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
+                        train=_train_csr(split, config.device))
+    log.info("%s: %s dim %d, %s parameters -> %s", role, model.name, model.dim, f"{model.num_parameters():,}", out)
+    trainer = Trainer(model, split, config, method=Method(), out_dir=out, info={"role": role, "data": split.train.name})
+    result = trainer.fit(resume=resume)
+    label = f"{role.capitalize()} ({model.name}, dim {model.dim})"
+    return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_train(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    dim = args.dim or DEFAULT_DIMS[args.role]
+    out = args.out or Path("runs") / f"{args.role}-{args.model}-d{dim}"
+    cutoffs = _cutoffs_for(args)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         n_negatives=args.negatives, eval_every=args.eval_every, patience=args.patience,
+                         metric=args.metric, protocol=args.protocol, cutoffs=cutoffs,
+                         eval_batch_size=args.eval_batch_size, seed=args.seed, device=args.device,
+                         progress=False if args.no_progress else None)
+    model_config = {"model": args.model, "dim": dim}
+    if args.model == "cdae":
+        model_config["corruption"] = args.corruption
+    split = _prepare_split(args, out / SPLIT_FILE)
+    row, result = _train(args.role, split, model_config, config, out, resume=args.resume, overwrite=args.overwrite)
+    print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
+          f"({result.best_epoch + 1}):")
+    print(format_table([row], cutoffs))
+    print(f"saved: {out / 'best.pt'}, {out / 'results.json'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    if args.split is not None:
+        split = Split.load(args.split)
+        if args.data is not None:
+            split.check_matches(_load_data(args))
+    else:
+        # Re-create the split the model was trained on, unless told otherwise.
+        if args.split_seed is None:
+            args.split_seed = model_info(args.checkpoint).get("split_seed")
+        split = _new_split(args, _load_data(args))
+    model, info = load_model(args.checkpoint, train=_train_csr(split, args.device), device=args.device)
+    trained_on = (info.get("data_fingerprint", split.data_fingerprint), info.get("split_seed", split.seed))
+    if trained_on != (split.data_fingerprint, split.seed):
+        raise ConfigError(f"{args.checkpoint} was trained on another split (data or split seed differ): "
+                          "its held-out items may have been training items")
+    cutoffs = _cutoffs_for(args)
+    result = Evaluator(split, protocol=args.protocol, cutoffs=cutoffs,
+                       batch_size=args.eval_batch_size).evaluate(model, args.part)
+    print(f"{split.train.name}, {args.protocol} protocol, {args.part}: {len(result.users)} users")
+    print(format_table([Row(f"{model.name} dim {model.dim}", result.means(), model.num_parameters())], cutoffs))
+    if args.json:
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "part": args.part, "protocol": args.protocol,
+                               "metrics": result.means()})
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    data = synthetic()
+    split = leave_one_out(data, seed=0)
+    print(f"demo data: {data.n_users:,} users, {data.n_items:,} items, {len(data):,} interactions "
+          f"(synthetic, planted latent factors); sampled protocol, 499 candidates per user", flush=True)
+    rows = []
+    for role in ("teacher", "student"):
+        config = TrainConfig(epochs=args.epochs, batch_size=DEMO_TRAINING["batch_size"], lr=DEMO_TRAINING["lr"],
+                             patience=DEMO_TRAINING["patience"], seed=args.seed, device=args.device,
+                             progress=False if args.no_progress else None)
+        row, _ = _train(role, split, {"model": "bpr", "dim": DEFAULT_DIMS[role]}, config, args.out / role,
+                        resume=False, overwrite=True)
+        rows.append(row)
+    print(format_table(rows, DEFAULT_CUTOFFS))
+    teacher, student = rows
+    print(f"the student has {student.num_parameters / teacher.num_parameters:.0%} of the teacher's parameters and "
+          f"reaches {student.metrics['H@5'] / teacher.metrics['H@5']:.0%} of its H@5; runs saved in {args.out}")
+    return 0
+
+
+def _configure_logging(quiet: bool) -> None:
+    if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return args.func(args)
+    except (RankdistillError, OSError) as exc:
+        print(f"rankdistill: error: {_describe(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rankdistill: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,157 @@
+"""The papers' evaluation: rank each user's held-out item, then top-N metrics.
+
+Protocols
+- ``sampled`` (DE-RRD / DCD tables): the held-out item is ranked among the
+  user's fixed candidates (499 sampled unobserved items, see ``split``).
+- ``full``: it is ranked among every item the user did not interact with: the
+  user's training items and the other held-out item (the validation item when
+  testing, the test item when validating) are excluded; computed exactly with
+  ``rankdistill.ops.rank_positions``.
+
+Tie rule (both protocols, the same as ``rank_positions``): the rank (0-based)
+of target t is the number of items scoring strictly higher plus the number of
+items with an equal score and a smaller item id. The sampled rank is therefore
+exactly the full rank restricted to the candidates; a model that scores
+everything equal ranks the target by its id, neither optimistically nor
+pessimistically on average.
+
+Metrics for a rank r (0-based) and a cutoff N: ``H@N = [r < N]``,
+``M@N = 1/(r+1)`` if r < N else 0, ``N@N = 1/log2(r+2)`` if r < N else 0 (one
+relevant item, so the ideal DCG is 1). Values are kept per user so that two
+methods can be compared with a paired test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .models import Recommender
+from .ops import rank_positions
+from .split import PARTS, Split
+
+__all__ = ["DEFAULT_CUTOFFS", "PROTOCOLS", "EvalResult", "Evaluator", "metric_names", "metrics_from_ranks",
+           "sampled_ranks"]
+
+DEFAULT_CUTOFFS = (5, 10, 20)
+PROTOCOLS = ("sampled", "full")
+_METRICS = ("H", "M", "N")
+
+
+def metric_names(cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS) -> list[str]:
+    """``["H@5", "M@5", "N@5", "H@10", ...]``: the papers' column order."""
+    return [f"{metric}@{n}" for n in cutoffs for metric in _METRICS]
+
+
+def _check_cutoffs(cutoffs) -> tuple[int, ...]:
+    cutoffs = tuple(int(n) for n in cutoffs)
+    if not cutoffs or min(cutoffs) < 1:
+        raise ConfigError(f"metric cutoffs must be positive integers, got {cutoffs}")
+    return cutoffs
+
+
+def metrics_from_ranks(ranks: np.ndarray, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS) -> dict[str, np.ndarray]:
+    """Per-user metric values (float64 arrays) from 0-based ranks."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    values = {}
+    for n in _check_cutoffs(cutoffs):
+        hit = ranks < n
+        values[f"H@{n}"] = hit.astype(np.float64)
+        values[f"M@{n}"] = np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+        values[f"N@{n}"] = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return {name: values[name] for name in metric_names(cutoffs)}
+
+
+def sampled_ranks(target_scores: torch.Tensor, candidate_scores: torch.Tensor,
+                  targets: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Rank ``[B]`` of each target among its candidates ``[B, C]`` (tie rule in
+    the module docstring)."""
+    target_scores = target_scores[:, None]
+    before = (candidate_scores > target_scores) | ((candidate_scores == target_scores) & (candidates < targets[:, None]))
+    return before.sum(dim=1)
+
+
+@dataclass
+class EvalResult:
+    """Per-user ranks and metric values of one evaluation."""
+
+    part: str
+    protocol: str
+    users: np.ndarray
+    ranks: np.ndarray
+    per_user: dict[str, np.ndarray] = field(repr=False)
+
+    def means(self) -> dict[str, float]:
+        return {name: float(values.mean()) for name, values in self.per_user.items()}
+
+
+class Evaluator:
+    """Evaluates models on one split; the protocol's index arrays are built once
+    and reused every epoch."""
+
+    def __init__(self, split: Split, *, protocol: str = "sampled", cutoffs=DEFAULT_CUTOFFS,
+                 batch_size: int = 256) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if batch_size < 1:
+            raise ConfigError(f"evaluation batch size must be >= 1, got {batch_size}")
+        self.split = split
+        self.protocol = protocol
+        self.cutoffs = _check_cutoffs(cutoffs)
+        self.batch_size = int(batch_size)
+        self._exclusions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _excluded(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """CSR over the evaluated users of the items not ranked in ``part``:
+        their training items and the other part's held-out item."""
+        if part not in self._exclusions:
+            split = self.split
+            row_of_user = np.full(split.n_users, -1, dtype=np.int64)
+            row_of_user[split.eval_users] = np.arange(len(split.eval_users))
+            rows = np.concatenate([row_of_user[split.train.users], np.arange(len(split.eval_users))])
+            items = np.concatenate([split.train.items, split.other_held_out(part)])
+            keep = rows >= 0
+            rows, items = rows[keep], items[keep]
+            order = np.lexsort((items, rows))
+            indptr = np.zeros(len(split.eval_users) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=len(split.eval_users)), out=indptr[1:])
+            self._exclusions[part] = (indptr, items[order])
+        return self._exclusions[part]
+
+    @torch.no_grad()
+    def evaluate(self, model: Recommender, part: str = "valid") -> EvalResult:
+        if part not in PARTS:
+            raise ConfigError(f"part must be one of {PARTS}, got {part!r}")
+        split = self.split
+        if (model.n_users, model.n_items) != (split.n_users, split.n_items):
+            raise ConfigError(
+                f"the model is for {model.n_users} users x {model.n_items} items, "
+                f"the split has {split.n_users} x {split.n_items}"
+            )
+        device = model.device
+        was_training = model.training
+        model.eval()
+        try:
+            ranks = [self._batch_ranks(model, part, start, device)
+                     for start in range(0, len(split.eval_users), self.batch_size)]
+        finally:
+            model.train(was_training)
+        ranks = torch.cat(ranks).cpu().numpy()
+        return EvalResult(part, self.protocol, split.eval_users, ranks, metrics_from_ranks(ranks, self.cutoffs))
+
+    def _batch_ranks(self, model: Recommender, part: str, start: int, device: torch.device) -> torch.Tensor:
+        stop = min(start + self.batch_size, len(self.split.eval_users))
+        users = torch.as_tensor(self.split.eval_users[start:stop], device=device)
+        targets = torch.as_tensor(self.split.targets(part)[start:stop], device=device)
+        if self.protocol == "sampled":
+            candidates = torch.as_tensor(self.split.candidates(part)[start:stop], device=device)
+            scores = model.score_items(users, torch.cat([targets[:, None], candidates], dim=1))
+            return sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates)
+        indptr, indices = self._excluded(part)
+        batch_indptr = torch.as_tensor(indptr[start:stop + 1] - indptr[start], device=device)
+        batch_indices = torch.as_tensor(indices[indptr[start]:indptr[stop]], device=device)
+        scores = model.score_all(users)
+        return rank_positions(scores, targets[:, None], exclude=(batch_indptr, batch_indices))[:, 0]

@@ -1,0 +1,88 @@
+"""The interface every base recommender implements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+# Upper bound on the elements of the temporaries one block of `score_all`
+# creates (64 MiB of float32), so that ranking the whole catalogue fits memory.
+SCORE_ALL_BUDGET = 1 << 24
+
+
+class Recommender(nn.Module):
+    """A scorer of (user, item) pairs with its own training loss.
+
+    Teacher and student are the same class with a different ``dim``.
+    Subclasses set ``name`` and implement ``score_items``, ``_score_all_block``,
+    ``user_representation``, ``item_representation`` and ``loss``.
+    """
+
+    name: str = ""
+
+    def __init__(self, n_users: int, n_items: int, dim: int) -> None:
+        super().__init__()
+        for label, value in (("n_users", n_users), ("n_items", n_items), ("dim", dim)):
+            if int(value) < 1:
+                raise ConfigError(f"{type(self).__name__}: {label} must be >= 1, got {value}")
+        self.n_users = int(n_users)
+        self.n_items = int(n_items)
+        self.dim = int(dim)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, enough to rebuild the model (see ``models.build_model``)."""
+        return {"model": self.name, "n_users": self.n_users, "n_items": self.n_items, "dim": self.dim}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B]`` of the pairs ``(users[b], items[b])``."""
+        return self.score_items(users, items[:, None])[:, 0]
+
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, M]`` of user ``users[b]`` against items ``items[b, :]``."""
+        raise NotImplementedError
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n_items]`` of every item for each user, computed in
+        blocks of users whose temporaries stay within ``SCORE_ALL_BUDGET``."""
+        if len(users) == 0:
+            return torch.empty((0, self.n_items), device=self.device)
+        rows = max(1, SCORE_ALL_BUDGET // self._score_all_cost())
+        return torch.cat([self._score_all_block(block) for block in users.split(rows)])
+
+    def _score_all_cost(self) -> int:
+        """Elements of the temporaries per user in ``_score_all_block``."""
+        return self.n_items
+
+    def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_representation(self, users: torch.Tensor) -> torch.Tensor:
+        """``[B, d]``: what a representation distillation method (DE) matches."""
+        raise NotImplementedError
+
+    def item_representation(self, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The model's own training loss on positives ``[B]`` and sampled
+        negatives ``[B, k]`` (mean over the batch)."""
+        raise NotImplementedError
+
+
+def pointwise_bce(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on logits, label 1 for positives and 0 for
+    negatives, averaged over all labelled pairs."""
+    total = F.softplus(-pos_scores).sum() + F.softplus(neg_scores).sum()
+    return total / (pos_scores.numel() + neg_scores.numel())

@@ -1,0 +1,38 @@
+"""BPR: matrix factorisation trained with the pairwise BPR loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Recommender
+
+
+class BPR(Recommender):
+    """``score(u, i) = <p_u, q_i>``; loss ``-log sigmoid(s(u, pos) - s(u, neg))``."""
+
+    name = "bpr"
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 20) -> None:
+        super().__init__(n_users, n_items, dim)
+        self.user_emb = nn.Embedding(self.n_users, self.dim)
+        self.item_emb = nn.Embedding(self.n_items, self.dim)
+        nn.init.normal_(self.user_emb.weight, std=0.01)
+        nn.init.normal_(self.item_emb.weight, std=0.01)
+
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(self.item_emb(items), self.user_emb(users)[:, :, None])[:, :, 0]
+
+    def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_emb(users) @ self.item_emb.weight.T
+
+    def user_representation(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_emb(users)
+
+    def item_representation(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item_emb(items)
+
+    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        scores = self.score_items(users, torch.cat([pos_items[:, None], neg_items], dim=1))
+        return -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()

@@ -1,0 +1,399 @@
+"""One training loop for teachers, plain students and every distillation method.
+
+Each epoch: the method's ``refresh`` (every ``method.refresh_every`` epochs), a
+shuffled pass over the training interactions with freshly sampled negatives,
+mini-batch Adam on ``model.loss + sum(method.extra_loss)``, a validation every
+``eval_every`` epochs with early stopping on ``metric`` (H@5) after ``patience``
+evaluations without improvement, and an atomic checkpoint. At the end the best
+validation epoch's model is tested, saved (``best.pt``) and summarised
+(``results.json``, per-user test values in ``test_per_user.npz``).
+
+A checkpoint holds everything the rest of the run depends on (model, optimizer,
+method state, every RNG state, history, best-so-far), so ``fit(resume=True)``
+ends with exactly the result of an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DataError
+from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, EvalResult, Evaluator, metric_names
+from .io import atomic_open, torch_save, write_json
+from .models import Recommender, save_model
+from .unobserved import ObservedItems, sample_unobserved
+from .split import Split
+
+__all__ = ["Batch", "Method", "TrainConfig", "TrainResult", "Trainer", "check_device", "seed_everything"]
+
+log = logging.getLogger("rankdistill")
+
+CHECKPOINT = "checkpoint.pt"
+BEST_MODEL = "best.pt"
+RESULTS = "results.json"
+TEST_PER_USER = "test_per_user.npz"
+_CHECKPOINT_KIND = "rankdistill-trainer"
+
+# Options that change the course of training: a resumed run must use the same.
+_RESUME_INVARIANT = ("batch_size", "lr", "weight_decay", "n_negatives", "eval_every", "metric", "protocol",
+                     "cutoffs", "seed")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model init uses torch's)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_device(device: str) -> None:
+    """A ``ConfigError`` for a device name torch does not know or cannot use here."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    n_negatives: int = 1  # sampled unobserved items per positive per epoch
+    eval_every: int = 1
+    patience: int = 10  # evaluations without improvement before stopping
+    metric: str = "H@5"
+    protocol: str = "sampled"
+    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+    eval_batch_size: int = 256
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool | None = None  # None: progress bars only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        self.cutoffs = tuple(int(n) for n in self.cutoffs)
+        positive = ("epochs", "batch_size", "n_negatives", "eval_every", "patience", "eval_batch_size")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.metric not in metric_names(self.cutoffs):
+            raise ConfigError(f"selection metric {self.metric!r} is not one of {', '.join(metric_names(self.cutoffs))}")
+        check_device(self.device)
+
+
+@dataclass
+class Batch:
+    """One mini-batch: positives ``users[b], pos_items[b]`` and negatives
+    ``neg_items[b, :]`` (all on the trainer's device)."""
+
+    users: torch.Tensor
+    pos_items: torch.Tensor
+    neg_items: torch.Tensor
+
+
+class Method:
+    """What a distillation method adds to the loop; every hook is a no-op here,
+    so ``Method()`` itself trains the plain model (teacher or student).
+
+    ``refresh`` runs before the epochs ``0, refresh_every, 2 * refresh_every,
+    ...``; ``extra_loss`` returns already weighted terms (``lambda_x * L_x``)
+    by name, each added to the model's loss and logged; ``parameters`` are
+    trained by the same optimizer; ``state_dict`` must capture whatever the
+    later epochs depend on, for an exact resume.
+    """
+
+    name = "student"
+    refresh_every = 1
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def refresh(self, trainer: "Trainer", epoch: int) -> None:
+        pass
+
+    def extra_loss(self, trainer: "Trainer", batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        return ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int  # 0-based
+    valid: dict[str, float]  # validation metrics of the best epoch
+    test: dict[str, float]  # test metrics of the best epoch's model
+    test_result: EvalResult = field(repr=False)
+    history: list[dict[str, Any]] = field(repr=False)
+    stopped_early: bool
+    seconds_per_epoch: float  # training pass only, median over the epochs run (robust to a busy machine)
+
+
+class Trainer:
+    """Trains ``model`` on ``split.train``; writes into ``out_dir`` when given."""
+
+    def __init__(self, model: Recommender, split: Split, config: TrainConfig | None = None, *,
+                 method: Method | None = None, out_dir: str | Path | None = None,
+                 info: dict[str, Any] | None = None) -> None:
+        self.config = config or TrainConfig()
+        self.device = torch.device(self.config.device)
+        self.model = model.to(self.device)
+        self.split = split
+        self.method = method or Method()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.info = dict(info or {})  # extra facts recorded in results.json and best.pt
+        self.evaluator = Evaluator(split, protocol=self.config.protocol, cutoffs=self.config.cutoffs,
+                                   batch_size=self.config.eval_batch_size)
+        self.train_users = torch.as_tensor(split.train.users, device=self.device)
+        self.train_items = torch.as_tensor(split.train.items, device=self.device)
+        self.observed = ObservedItems(self.train_users, self.train_items, split.n_users, split.n_items, self.device)
+        # The loop's own randomness (shuffling, negatives) lives on the device.
+        self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.epoch = 0  # the next epoch to run
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None  # {"epoch", "valid", "state"}
+        self.bad_evals = 0
+        self.stopped_early = False
+
+    @property
+    def show_progress(self) -> bool:
+        return sys.stderr.isatty() if self.config.progress is None else self.config.progress
+
+    # ---------------------------------------------------------------- the loop
+
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        self.method.on_train_start(self)
+        params = list(self.model.parameters()) + list(self.method.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self._load_checkpoint(self.checkpoint_path)
+            log.info("resumed from %s after epoch %d", self.checkpoint_path, self.epoch)
+        elif resume:
+            log.info("nothing to resume in %s: starting a new run", self.out_dir)
+        while self.epoch < self.config.epochs and not self.stopped_early:
+            self._run_epoch(self.epoch)
+            self.epoch += 1
+            if self.checkpoint_path is not None:
+                self._save_checkpoint(self.checkpoint_path)
+        if self.best is None:
+            raise ConfigError("no validation has run yet; train for more epochs")
+        return self._finish()
+
+    def _run_epoch(self, epoch: int) -> None:
+        config = self.config
+        if epoch % self.method.refresh_every == 0:
+            self.method.refresh(self, epoch)
+        self.model.train()
+        start = time.perf_counter()
+        order = torch.randperm(len(self.train_users), generator=self.generator, device=self.device)
+        users, pos_items = self.train_users[order], self.train_items[order]
+        neg_items = sample_unobserved(self.observed, users, config.n_negatives, generator=self.generator)
+        n_batches = math.ceil(len(users) / config.batch_size)
+        totals: dict[str, torch.Tensor] = {}
+        show_progress = self.show_progress
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
+                   disable=not show_progress, dynamic_ncols=True)
+        for b in bar:
+            rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
+            batch = Batch(users[rows], pos_items[rows], neg_items[rows])
+            base = self.model.loss(batch.users, batch.pos_items, batch.neg_items)
+            extra = self.method.extra_loss(self, batch)
+            if "loss" in extra:
+                raise ValueError(f"method {self.method.name!r}: 'loss' is the model's own term, name yours otherwise")
+            terms = {"loss": base, **extra}
+            total = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.detach()
+            if show_progress and b % 20 == 0:  # reading the loss synchronises a GPU: not every batch
+                bar.set_postfix(loss=f"{float(totals['loss']) / (b + 1):.4f}", **self._last_valid_postfix())
+        bar.close()
+        record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start}
+        record.update({name: float(value) / n_batches for name, value in totals.items()})
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            self._validate(epoch, record)
+        self.history.append(record)
+        self._log_epoch(record)
+
+    def _validate(self, epoch: int, record: dict[str, Any]) -> None:
+        valid = self.evaluator.evaluate(self.model, "valid").means()
+        record["valid"] = valid
+        if self.best is None or valid[self.config.metric] > self.best["valid"][self.config.metric]:
+            self.best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(self.model.state_dict())}
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+            self.stopped_early = self.bad_evals >= self.config.patience
+
+    def _last_valid_postfix(self) -> dict[str, str]:
+        metric = self.config.metric
+        for record in reversed(self.history):
+            if "valid" in record:
+                return {f"val {metric}": f"{record['valid'][metric]:.4f}"}
+        return {}
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        terms = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "valid"))
+        line = f"epoch {record['epoch'] + 1}/{self.config.epochs} {terms} ({record['seconds']:.2f}s)"
+        if "valid" in record:
+            line += " | valid " + " ".join(f"{k}={record['valid'][k]:.4f}" for k in metric_names(self.config.cutoffs)[:4])
+        if self.stopped_early:
+            line += f" | early stop (best epoch {self.best['epoch'] + 1})"
+        log.info(line)
+
+    def _finish(self) -> TrainResult:
+        self.model.load_state_dict(self.best["state"])
+        test_result = self.evaluator.evaluate(self.model, "test")
+        seconds = [r["seconds"] for r in self.history]
+        result = TrainResult(
+            best_epoch=self.best["epoch"],
+            valid=self.best["valid"],
+            test=test_result.means(),
+            test_result=test_result,
+            history=self.history,
+            stopped_early=self.stopped_early,
+            seconds_per_epoch=float(np.median(seconds)) if seconds else float("nan"),
+        )
+        if self.out_dir is not None:
+            self._write_outputs(result)
+        return result
+
+    # ------------------------------------------------------------ persistence
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / CHECKPOINT if self.out_dir is not None else None
+
+    def _rng_states(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        states = {
+            "generator": self.generator.get_state(),
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.get_rng_state_all()
+        return states
+
+    def _set_rng_states(self, states: dict[str, Any]) -> None:
+        self.generator.set_state(states["generator"])
+        torch.set_rng_state(states["torch"])
+        name, keys, *rest = states["numpy"]
+        np.random.set_state((name, keys.numpy(), *rest))
+        random.setstate(_as_tuples(states["python"]))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _save_checkpoint(self, path: Path) -> None:
+        torch_save(path, {
+            "kind": _CHECKPOINT_KIND,
+            "config": self.model.config(),  # read by models.load_model
+            "state_dict": self.model.state_dict(),
+            "info": {**self.info, "split_seed": self.split.seed, "data_fingerprint": self.split.data_fingerprint},
+            "train_config": dataclasses.asdict(self.config),
+            "split": {"fingerprint": self.split.data_fingerprint, "seed": self.split.seed},
+            "method_name": self.method.name,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self._rng_states(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "stopped_early": self.stopped_early,
+        })
+
+    def _load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception:  # torch raises many types for a file that is not a checkpoint
+            raise DataError(f"{path}: not a readable checkpoint") from None
+        if not isinstance(state, dict) or state.get("kind") != _CHECKPOINT_KIND:
+            raise DataError(f"{path}: not a rankdistill training checkpoint")
+        expected = {"model": self.model.config(), "split": {"fingerprint": self.split.data_fingerprint,
+                                                             "seed": self.split.seed},
+                    "method": self.method.name}
+        found = {"model": state["config"], "split": state["split"], "method": state["method_name"]}
+        saved_config = state["train_config"]
+        for key in _RESUME_INVARIANT:
+            expected[key] = _plain(getattr(self.config, key))
+            found[key] = _plain(saved_config[key])
+        changed = [key for key in expected if expected[key] != found[key]]
+        if changed:
+            details = "; ".join(f"{key}: checkpoint {found[key]!r}, now {expected[key]!r}" for key in changed)
+            raise ConfigError(f"{path} belongs to a different run ({details}); use another --out or drop --resume")
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        self._set_rng_states(state["rng"])
+        self.epoch = state["epoch"]
+        self.history = state["history"]
+        self.best = state["best"]
+        self.bad_evals = state["bad_evals"]
+        self.stopped_early = state["stopped_early"]
+
+    def _write_outputs(self, result: TrainResult) -> None:
+        summary = {
+            **self.info,
+            "model_config": self.model.config(),
+            "num_parameters": self.model.num_parameters(),
+            "method": self.method.name,
+            "train_config": dataclasses.asdict(self.config),
+            "split_seed": self.split.seed,
+            "data_fingerprint": self.split.data_fingerprint,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "valid": result.valid,
+            "test": result.test,
+            "history": result.history,
+        }
+        save_model(self.out_dir / BEST_MODEL, self.model,
+                   **{k: v for k, v in summary.items() if k not in ("model_config", "history")})
+        tr = result.test_result
+        with atomic_open(self.out_dir / TEST_PER_USER, "wb") as f:
+            np.savez(f, users=tr.users, ranks=tr.ranks, **{k.replace("@", "_at_"): v for k, v in tr.per_user.items()})
+        write_json(self.out_dir / RESULTS, summary)
+
+
+def _plain(value: Any) -> Any:
+    # Lists and tuples compare equal after a round trip through a checkpoint.
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _as_tuples(value: Any) -> Any:
+    # random.setstate needs tuples where the checkpoint may have lists.
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,100 @@
+"""Vectorised sampling of unobserved items (training negatives, evaluation
+candidates), on any device.
+
+Draw uniformly and find the draws that hit an observed item with a binary
+search in the sorted ``user * n_items + item`` keys. Independent draws (training
+negatives) redraw only the hits; distinct draws (evaluation candidates) keep the
+first k valid draws of a longer row. With sparse data almost every draw is
+accepted, so a few rounds suffice; there is no Python loop over interactions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+
+class ObservedItems:
+    """The set of (user, item) pairs a sampler must avoid, as sorted keys."""
+
+    def __init__(self, users: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, n_users: int, n_items: int,
+                 device: torch.device | str = "cpu") -> None:
+        users = torch.as_tensor(users, dtype=torch.int64, device=device)
+        items = torch.as_tensor(items, dtype=torch.int64, device=device)
+        self.n_users = int(n_users)
+        self.n_items = int(n_items)
+        self.keys = torch.unique(users * self.n_items + items)  # sorted
+        self.counts = torch.bincount(torch.div(self.keys, self.n_items, rounding_mode="floor"), minlength=self.n_users)
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys.device
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Bool tensor (shape of ``items``): is ``(users, items)`` observed?
+        ``users`` broadcasts against ``items``."""
+        query = users * self.n_items + items
+        if len(self.keys) == 0:
+            return torch.zeros_like(query, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, query).clamp_max(len(self.keys) - 1)
+        return self.keys[pos] == query
+
+
+def sample_unobserved(
+    observed: ObservedItems,
+    users: torch.Tensor,
+    k: int,
+    *,
+    distinct: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``[len(users), k]`` items drawn uniformly among each user's unobserved
+    items; ``distinct=True`` draws without replacement within a row."""
+    users = users.to(device=observed.device, dtype=torch.int64)
+    available = observed.n_items - observed.counts[users]
+    if len(users) and int(available.min()) < (k if distinct else 1):
+        worst = int(users[available.argmin()])
+        raise DataError(
+            f"user {worst} has only {int(available.min())} unobserved items, "
+            f"cannot draw {k}{' distinct' if distinct else ''}"
+        )
+    if distinct:
+        return _sample_distinct(observed, users, k, generator)
+    draws = torch.randint(observed.n_items, (len(users), k), generator=generator, device=observed.device)
+    redraw = observed.contains(users[:, None], draws)
+    while bool(redraw.any()):
+        draws[redraw] = torch.randint(observed.n_items, (int(redraw.sum()),), generator=generator,
+                                      device=observed.device)
+        redraw[redraw.clone()] = observed.contains(users[:, None].expand_as(draws)[redraw], draws[redraw])
+    return draws
+
+
+def _sample_distinct(observed: ObservedItems, users: torch.Tensor, k: int,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """Per row, a sequence of uniform draws; the first k that are unobserved and
+    new in the row are a uniform sample without replacement. Draw more than k
+    at once so that one round usually suffices; rows left short start again
+    with twice as many draws."""
+    out = torch.empty((len(users), k), dtype=torch.int64, device=observed.device)
+    rows = torch.arange(len(users), device=observed.device)
+    n_draws = k + k // 4 + 16
+    while len(rows):
+        draws = torch.randint(observed.n_items, (len(rows), n_draws), generator=generator, device=observed.device)
+        valid = ~observed.contains(users[rows, None], draws) & ~_repeats_in_row(draws)
+        enough = valid.sum(dim=1) >= k
+        take = valid[enough] & (valid[enough].cumsum(dim=1) <= k)
+        out[rows[enough]] = draws[enough][take].view(-1, k)
+        rows = rows[~enough]
+        n_draws *= 2
+    return out
+
+
+def _repeats_in_row(draws: torch.Tensor) -> torch.Tensor:
+    """True at every occurrence of a value in its row except the first (in
+    column order), so that redrawing them keeps the earlier draws."""
+    sorted_vals, order = torch.sort(draws, dim=1, stable=True)
+    repeat_sorted = torch.zeros_like(draws, dtype=torch.bool)
+    repeat_sorted[:, 1:] = sorted_vals[:, 1:] == sorted_vals[:, :-1]
+    return torch.zeros_like(repeat_sorted).scatter_(1, order, repeat_sorted)

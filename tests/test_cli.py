@@ -1,0 +1,126 @@
+"""The command line: user mistakes exit with status 2 and one line; train,
+resume and evaluate work end to end on a small file."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rankdistill.cli import main
+from rankdistill.data import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_error(capsys, *argv):
+    """A user mistake: status 2 and one error line, the last one on stderr
+    (progress lines may come before it); argparse exits, the commands return."""
+    try:
+        code, _, err = run(capsys, *argv)
+    except SystemExit as exc:
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("rankdistill: error: "), err
+    assert not any(line.startswith(("rankdistill:", "Traceback")) for line in lines[:-1]), err
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def users_dat(tmp_path_factory):
+    """A small users.dat written from the synthetic generator."""
+    data = synthetic(120, 600, n_factors=6, mean_interactions=15, min_interactions=5, seed=0)
+    lines = [[] for _ in range(data.n_users)]
+    for u, i in zip(data.users.tolist(), data.items.tolist()):
+        lines[u].append(i)
+    path = tmp_path_factory.mktemp("data") / "users.dat"
+    path.write_text("".join(f"{len(items)} {' '.join(map(str, items))}\n" for items in lines))
+    return path
+
+
+def test_missing_file(capsys, tmp_path):
+    line = run_error(capsys, "teacher", "--data", str(tmp_path / "absent.dat"), "--out", str(tmp_path / "r"))
+    assert line == f"rankdistill: error: no such data file: {tmp_path / 'absent.dat'}"
+
+
+def test_malformed_file_names_the_line(capsys, tmp_path):
+    path = tmp_path / "users.dat"
+    path.write_text("2 1 2\n3 4 5\n1 7\n")
+    line = run_error(capsys, "student", "--data", str(path), "--out", str(tmp_path / "r"))
+    assert f"{path}, line 2: COUNT is 3 but the line lists 2 items" in line
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--model", "svd"], "invalid choice: 'svd'"),
+    (["train", "--epochs", "0"], "expected a positive integer"),
+    (["train", "--cutoffs", "5,x"], "comma-separated positive integers"),
+    (["train", "--metric", "H@7", "--epochs", "1"], "selection metric 'H@7'"),
+    (["train", "--lr", "0", "--epochs", "1"], "lr must be a positive number"),
+    (["train", "--device", "nonsense"], "unknown device"),
+    (["train", "--sep", ","], "need --data"),
+    ([], "required: COMMAND"),
+])
+def test_bad_options(capsys, tmp_path, argv, fragment):
+    line = run_error(capsys, *argv, *(["--out", str(tmp_path / "r")] if argv else []))
+    assert fragment in line
+
+
+def test_train_resume_and_evaluate(capsys, tmp_path, users_dat):
+    out = tmp_path / "run"
+    common = ["--data", str(users_dat), "--out", str(out), "--dim", "8", "--lr", "0.01", "--eval-candidates",
+              "100", "--no-progress", "-q"]
+    code, stdout, _ = run(capsys, "train", "--role", "teacher", "--epochs", "2", *common)
+    assert code == 0 and "Teacher (bpr, dim 8)" in stdout
+    assert {"best.pt", "checkpoint.pt", "results.json", "split.npz", "test_per_user.npz"} <= set(
+        p.name for p in out.iterdir())
+
+    # a second run in the same folder must be asked for explicitly
+    assert "--resume" in run_error(capsys, "teacher", "--epochs", "2", *common)
+    code, _, _ = run(capsys, "teacher", "--epochs", "4", "--resume", *common)
+    results = json.loads((out / "results.json").read_text())
+    assert code == 0 and results["epochs_run"] == 4 and results["role"] == "teacher"
+
+    code, stdout, _ = run(capsys, "evaluate", str(out / "best.pt"), "--split", str(out / "split.npz"),
+                          "--eval-candidates", "100", "--json", str(tmp_path / "m.json"))
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert metrics == pytest.approx(results["test"])
+    assert f"{results['test']['H@5']:.4f}" in stdout
+
+    # the split file records its seed: asking for another one is a mistake
+    assert "--split-seed" in run_error(capsys, "student", "--epochs", "1", "--split-seed", "3", *common[:-4],
+                                       "--split", str(out / "split.npz"), "--out", str(tmp_path / "other"))
+
+
+def test_evaluate_recreates_the_training_split(capsys, tmp_path, users_dat):
+    out = tmp_path / "run"
+    data = ["--data", str(users_dat), "--eval-candidates", "100"]
+    assert run(capsys, "student", *data, "--split-seed", "5", "--epochs", "1", "--out", str(out), "-q")[0] == 0
+    code, _, _ = run(capsys, "evaluate", str(out / "best.pt"), *data, "--json", str(tmp_path / "m.json"), "-q")
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert metrics == pytest.approx(json.loads((out / "results.json").read_text())["test"])
+    line = run_error(capsys, "evaluate", str(out / "checkpoint.pt"), *data, "--split-seed", "6")
+    assert "trained on another split" in line
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path, users_dat):
+    bogus = tmp_path / "best.pt"
+    bogus.write_text("hello")
+    line = run_error(capsys, "evaluate", str(bogus), "--data", str(users_dat), "--eval-candidates", "100")
+    assert "not a readable model file" in line
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rankdistill", "train", "--data", str(tmp_path / "none.dat")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"rankdistill: error: no such data file: {tmp_path / 'none.dat'}"
