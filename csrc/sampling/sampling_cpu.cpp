@@ -1,6 +1,6 @@
 // Sampling without replacement on the CPU: every positive-weight column has
 // the Philox key log(u) / w of philox.h, the same keys as the CUDA backend,
-// and a per-row heap keeps the k largest (see sample_row). Parallel over rows;
+// and a per-row selection keeps the k largest (see sample_row). Parallel over rows;
 // the draws do not depend on the thread count.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
@@ -29,37 +29,36 @@ uint64_t draw_seed(const std::optional<at::Generator>& generator) {
 
 using Candidate = std::pair<double, int64_t>;  // (key log(u) / w, column)
 
-// Function objects rather than functions, so that the heap and sort inline them.
+// Function objects rather than functions, so that nth_element and sort inline them.
 constexpr auto drawn_first = [](const Candidate& a, const Candidate& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 };
 constexpr auto by_column = [](const Candidate& a, const Candidate& b) { return a.second < b.second; };
 
-// Fills `best` with the row's sample, as a heap whose front is the worst:
-// every positive-weight column has the key log(u) / w of philox.h (the CUDA
-// backend's keys), and the heap keeps the k largest. log(u) <= u - 1 and
-// w <= bound give key <= (u - 1) / bound, which rejects most columns without
-// the log or the exact weight (DCD's tanh). Returns false if a weight was
-// invalid.
+// Fills `best` with the row's sample (the k largest keys, unordered): every
+// positive-weight column has the key log(u) / w of philox.h (the CUDA
+// backend's keys). Candidates collect in `best`; when 2k have gathered, the k
+// best are kept and the k-th key becomes the threshold, a lower bound of the
+// final k-th key. log(u) <= u - 1 and w <= bound give key <= (u - 1) / bound,
+// which rejects most columns below the threshold without the log or the
+// exact weight (DCD's tanh). Returns false if a weight was invalid.
 template <typename Weights>
 bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k, uint64_t seed,
                 std::vector<Candidate>& best) {
   best.clear();
   bool valid = true;
+  double threshold = -INFINITY;
+  const auto keep_best_k = [&] {
+    std::nth_element(best.begin(), best.begin() + (k - 1), best.end(), drawn_first);
+    best.resize(k);
+    threshold = best[k - 1].first;
+  };
   const auto offer = [&](int64_t col, double u, double bound) {
     if (!(bound > 0.0) || bound == INFINITY || k == 0) return;
-    const bool full = static_cast<int64_t>(best.size()) == k;
-    // the margin keeps rounding from rejecting a column that would enter
-    if (full && (u - 1.0) < best.front().first * bound * (1.0 + 1e-9)) return;
-    const Candidate candidate{key_from_uniform(u, weights(row, col)), col};
-    if (!full) {
-      best.push_back(candidate);
-      std::push_heap(best.begin(), best.end(), drawn_first);
-    } else if (drawn_first(candidate, best.front())) {
-      std::pop_heap(best.begin(), best.end(), drawn_first);
-      best.back() = candidate;
-      std::push_heap(best.begin(), best.end(), drawn_first);
-    }
+    // the margin keeps rounding from rejecting a column that could enter
+    if (u - 1.0 < threshold * bound * (1.0 + 1e-9)) return;
+    best.emplace_back(key_from_uniform(u, weights(row, col)), col);
+    if (static_cast<int64_t>(best.size()) == 2 * k) keep_best_k();
   };
   for (int64_t even = 0; even < num_cols; even += 2) {
     const double bound_even = weights.upper(row, even);
@@ -70,6 +69,7 @@ bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k
     offer(even, u.even, bound_even);
     if (even + 1 < num_cols) offer(even + 1, u.odd, bound_odd);
   }
+  if (static_cast<int64_t>(best.size()) > k) keep_best_k();
   return valid;
 }
 
@@ -82,7 +82,7 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(num_cols, 1));
   at::parallel_for(0, num_rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<Candidate> best;
-    best.reserve(k);
+    best.reserve(2 * k);
     for (int64_t row = begin; row < end; ++row) {
       if (!sample_row(weights, row, num_cols, k, seed, best)) saw_invalid.store(true, std::memory_order_relaxed);
       if (sorted) {
