@@ -4,8 +4,8 @@ run, at the sizes of DESIGN.md section 7.
     python benchmarks/bench_ops.py                    # CPU, and CUDA when present
     python benchmarks/bench_ops.py --device cpu --save benchmarks/results/cpu.md
 
-Reports medians over repeated runs (these machines are noisy: compare the
-ratios) and, on CUDA, the peak memory each op allocates beyond its inputs.
+Reports medians over rounds in which the reference and the op run in turn
+(these machines are noisy: compare the ratios) and, on CUDA, the peak memory each op allocates beyond its inputs.
 Rows marked with a row count ("4096 of 24941 rows") time a slice of a matrix
 that would not fit, or would take minutes per reference run, at full size.
 """
@@ -41,19 +41,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device, repeats, budget_s):
-    """Median wall time of fn() after one warm-up run; stops early once the
-    budget is spent (at least three timed runs)."""
-    fn()
-    synchronize(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
+def median_seconds(fns, device, repeats, budget_s):
+    """Median wall time of each function after one warm-up run each. The
+    functions run in turn, round after round, so that drifts in the machine's
+    speed hit all of them alike; stops once the budget is spent (at least
+    three rounds)."""
+    for fn in fns:
         fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times)
+    synchronize(device)
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < repeats and (len(times[0]) < 3 or time.perf_counter() - start < budget_s):
+        for fn, fn_times in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            fn_times.append(time.perf_counter() - t0)
+    return [statistics.median(fn_times) for fn_times in times], len(times[0])
 
 
 def peak_extra_mb(fn, device):
@@ -170,12 +174,11 @@ def run(devices, repeats, budget_s, only):
             if only and only not in case.op:
                 continue
             run_reference, run_op = case.make(device)
-            ref_s, ref_n = median_seconds(run_reference, device, repeats, budget_s)
-            op_s, op_n = median_seconds(run_op, device, repeats, budget_s)
+            (ref_s, op_s), rounds = median_seconds([run_reference, run_op], device, repeats, budget_s)
             size = case.size + (f" ({case.cpu_rows})" if device.type == "cpu" and case.cpu_rows else "")
             row = dict(op=case.op, size=size, device=device.type, device_name=device_name(device),
                        reference_ms=ref_s * 1e3, op_ms=op_s * 1e3, speedup=ref_s / op_s,
-                       runs=[ref_n, op_n], op_peak_extra_mb=peak_extra_mb(run_op, device))
+                       rounds=rounds, op_peak_extra_mb=peak_extra_mb(run_op, device))
             results.append(row)
             print(f"{row['op']:<24} {size:<58} {device.type:<4} ref {row['reference_ms']:10.2f} ms   "
                   f"op {row['op_ms']:9.2f} ms   x{row['speedup']:.1f}", flush=True)
