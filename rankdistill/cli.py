@@ -3,6 +3,10 @@
     rankdistill teacher  [--data PATH] [--model bpr] [--dim 200] ...   train a teacher
     rankdistill student  [--data PATH] [--model bpr] [--dim 20] ...    train a plain student
     rankdistill train --role {teacher,student} ...                     the same two
+    rankdistill distill --teacher T/best.pt --method dcd ...           distil a student from a teacher
+    rankdistill compare --teacher T/best.pt --methods student,rrd,dcd --seeds 0,1,2 ...
+                                                                       methods x seeds, table, tests, figure
+    rankdistill methods                                                the methods and their options
     rankdistill evaluate RUN_DIR/best.pt [--split FILE] ...            evaluate a saved model
     rankdistill demo                                                   teacher vs student on synthetic data
 
@@ -14,6 +18,7 @@ input (missing or malformed file, bad option) prints one line
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -25,11 +30,13 @@ from tqdm.auto import tqdm
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
+from .compare import format_summary, load_run, paired_tests, plot_curves, summarize, write_summary
 from .io import write_json
+from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_rankings, method_options
 from .models import MODELS, build_model, load_model, model_info
 from .report import Row, format_table
 from .split import Split, leave_one_out
-from .trainer import CHECKPOINT, Method, TrainConfig, Trainer, check_device, seed_everything
+from .trainer import CHECKPOINT, RESULTS, Method, TrainConfig, Trainer, check_device, seed_everything
 
 log = logging.getLogger("rankdistill")
 
@@ -112,7 +119,8 @@ def _eval_options() -> argparse.ArgumentParser:
 def _train_options() -> argparse.ArgumentParser:
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("model and training")
-    group.add_argument("--model", choices=sorted(MODELS), default="bpr", help="base model (default: bpr)")
+    group.add_argument("--model", choices=sorted(MODELS),
+                       help="base model (default: bpr; distill and compare: the teacher's)")
     group.add_argument("--dim", type=_positive_int, help="embedding size (default: teacher 200, student 20)")
     group.add_argument("--corruption", type=float, default=0.5, help="CDAE input dropout (default: 0.5)")
     group.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default: 100)")
@@ -132,6 +140,38 @@ def _train_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def _integers(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return list(dict.fromkeys(values))
+
+
+def _teacher_options() -> argparse.ArgumentParser:
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("distillation")
+    group.add_argument("--teacher", type=Path, required=True,
+                       help="the trained teacher (its best.pt); its split is used (TEACHER_DIR/split.npz by default)")
+    group.add_argument("--top", type=_positive_int, default=DEFAULT_TOP,
+                       help=f"C: length of the teacher's ranked lists (default: {DEFAULT_TOP})")
+    group.add_argument("-o", "--option", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                       help="a method option, e.g. lambda_ucd=0.01 or dcd:mu=0.01 (repeatable; "
+                            "see `rankdistill methods`)")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rankdistill", description="Ranking knowledge distillation for recommender systems.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -145,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
         alias = commands.add_parser(role, parents=[common, data, evaluation, training],
                                     help=f"same as: train --role {role}")
         alias.set_defaults(func=cmd_train, role=role)
+
+    distill = commands.add_parser("distill", parents=[common, data, evaluation, training, _teacher_options()],
+                                  help="distil a student from a trained teacher with one method")
+    distill.add_argument("--method", choices=list(METHODS), default="dcd", help="default: dcd")
+    distill.set_defaults(func=cmd_distill, role="student")
+
+    compare = commands.add_parser("compare", parents=[common, data, evaluation, training, _teacher_options()],
+                                  help="several methods x seeds on one split and teacher: table, tests, figure")
+    compare.add_argument("--methods", type=_names, default=["student", "rrd", "dcd"],
+                         help="comma-separated (default: student,rrd,dcd); see `rankdistill methods`")
+    compare.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="comma-separated (default: 0,1,2)")
+    compare.set_defaults(func=cmd_compare, role="student")
+
+    methods = commands.add_parser("methods", parents=[common], help="list the distillation methods and their options")
+    methods.set_defaults(func=cmd_methods)
 
     evaluate = commands.add_parser("evaluate", parents=[common, data, evaluation],
                                    help="evaluate a saved model (best.pt or checkpoint.pt)")
@@ -214,40 +269,161 @@ def _cutoffs_for(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def _train(role: str, split: Split, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
-           resume: bool, overwrite: bool) -> tuple[Row, Any]:
+           resume: bool, overwrite: bool, method: Method | None = None,
+           info: dict[str, Any] | None = None) -> tuple[Row, Any]:
     if (out / CHECKPOINT).exists() and not (resume or overwrite):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    method = method or Method()
     seed_everything(config.seed)
     model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
                         train=_train_csr(split, config.device))
-    log.info("%s: %s dim %d, %s parameters -> %s", role, model.name, model.dim, f"{model.num_parameters():,}", out)
-    trainer = Trainer(model, split, config, method=Method(), out_dir=out, info={"role": role, "data": split.train.name})
+    log.info("%s: %s dim %d, %s parameters, method %s -> %s", role, model.name, model.dim,
+             f"{model.num_parameters():,}", method.name, out)
+    trainer = Trainer(model, split, config, method=method, out_dir=out,
+                      info={"role": role, "data": split.train.name, **(info or {})})
     result = trainer.fit(resume=resume)
-    label = f"{role.capitalize()} ({model.name}, dim {model.dim})"
+    label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if method.name == "student" else method.name
     return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
 
 
 # ------------------------------------------------------------------ commands
 
+def _train_config(args: argparse.Namespace, seed: int | None = None) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       n_negatives=args.negatives, eval_every=args.eval_every, patience=args.patience,
+                       metric=args.metric, protocol=args.protocol, cutoffs=_cutoffs_for(args),
+                       eval_batch_size=args.eval_batch_size, seed=args.seed if seed is None else seed,
+                       device=args.device, progress=False if args.no_progress else None)
+
+
+def _model_config(args: argparse.Namespace, model: str, dim: int) -> dict[str, Any]:
+    config = {"model": model, "dim": dim}
+    if model == "cdae":
+        config["corruption"] = args.corruption
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     check_device(args.device)
     dim = args.dim or DEFAULT_DIMS[args.role]
-    out = args.out or Path("runs") / f"{args.role}-{args.model}-d{dim}"
-    cutoffs = _cutoffs_for(args)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         n_negatives=args.negatives, eval_every=args.eval_every, patience=args.patience,
-                         metric=args.metric, protocol=args.protocol, cutoffs=cutoffs,
-                         eval_batch_size=args.eval_batch_size, seed=args.seed, device=args.device,
-                         progress=False if args.no_progress else None)
-    model_config = {"model": args.model, "dim": dim}
-    if args.model == "cdae":
-        model_config["corruption"] = args.corruption
+    model = args.model or "bpr"
+    out = args.out or Path("runs") / f"{args.role}-{model}-d{dim}"
+    config = _train_config(args)
     split = _prepare_split(args, out / SPLIT_FILE)
-    row, result = _train(args.role, split, model_config, config, out, resume=args.resume, overwrite=args.overwrite)
+    row, result = _train(args.role, split, _model_config(args, model, dim), config, out, resume=args.resume,
+                         overwrite=args.overwrite)
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
           f"({result.best_epoch + 1}):")
-    print(format_table([row], cutoffs))
+    print(format_table([row], config.cutoffs))
     print(f"saved: {out / 'best.pt'}, {out / 'results.json'}")
+    return 0
+
+
+def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, str]:
+    """The ``--option`` values for ``method``: ``KEY=VALUE`` applies to every
+    method that has KEY, ``METHOD:KEY=VALUE`` to that method only."""
+    fields = set(method_options(method).__dataclass_fields__)
+    overrides = {}
+    for text in args.option:
+        target, _, assignment = text.rpartition(":")
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {text!r}: expected KEY=VALUE or METHOD:KEY=VALUE")
+        if target and target not in METHODS:
+            raise ConfigError(f"--option {text!r}: unknown method {target!r}")
+        key = key.strip()
+        if target == method or (not target and key in fields):
+            overrides[key] = value.strip()
+        elif not target and not any(key in method_options(m).__dataclass_fields__ for m in METHODS):
+            raise ConfigError(f"--option {text!r}: no method has an option {key!r} (see `rankdistill methods`)")
+    return overrides
+
+
+def _load_teacher(args: argparse.Namespace):
+    """The split (the teacher's, unless --split says otherwise), the teacher
+    and its rankings."""
+    split = _prepare_split(args, args.split or args.teacher.parent / SPLIT_FILE)
+    teacher, info = load_model(args.teacher, train=_train_csr(split, args.device), device=args.device)
+    trained_on = (info.get("data_fingerprint", split.data_fingerprint), info.get("split_seed", split.seed))
+    if trained_on != (split.data_fingerprint, split.seed):
+        raise ConfigError(f"{args.teacher} was trained on another split (data or split seed differ): "
+                          "its rankings would include held-out items")
+    rankings = load_or_compute_rankings(args.teacher, teacher, split, args.top,
+                                        progress=not args.no_progress and sys.stderr.isatty())
+    return split, teacher, rankings
+
+
+def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, split: Split, teacher,
+                 rankings) -> tuple[Row, Any]:
+    overrides = _method_overrides(args, method)
+    options = method_options(method, overrides)
+    model = args.model or teacher.name
+    info = {"teacher": str(args.teacher), "method_options": dataclasses.asdict(options), "top": args.top}
+    return _train("student", split, _model_config(args, model, args.dim or DEFAULT_DIMS["student"]),
+                  _train_config(args, seed), out, resume=args.resume, overwrite=args.overwrite,
+                  method=build_method(method, teacher, rankings, overrides), info=info)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    split, teacher, rankings = _load_teacher(args)
+    out = args.out or Path("runs") / f"{args.method}-seed{args.seed}"
+    row, result = _distill_run(args, args.method, args.seed, out, split, teacher, rankings)
+    print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
+          f"({result.best_epoch + 1}):")
+    print(format_table([row], _cutoffs_for(args)))
+    print(f"saved: {out / 'best.pt'}, {out / 'results.json'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    split, teacher, rankings = _load_teacher(args)
+    out = args.out or Path("runs") / "compare"
+    runs: dict[str, list] = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            folder = out / method / f"seed{seed}"
+            if (folder / RESULTS).exists() and not args.overwrite:
+                run = load_run(folder, method, seed)
+                _check_same_setup(run.results, folder, args, method, seed)
+                log.info("%s seed %d: finished run found in %s", method, seed, folder)
+            else:
+                resume = (folder / CHECKPOINT).exists() and not args.overwrite
+                _distill_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder, split,
+                             teacher, rankings)
+                run = load_run(folder, method, seed)
+            runs.setdefault(method, []).append(run)
+    table = summarize(runs)
+    tests = paired_tests(runs, "H@5") if len(runs) > 1 else []
+    write_summary(out, table, tests, runs)
+    plot_curves(out / "curves.png", runs)
+    print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
+          f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
+    print(format_summary(table, tests))
+    print(f"saved: {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'curves.png'}")
+    return 0
+
+
+def _check_same_setup(results: dict[str, Any], folder: Path, args: argparse.Namespace, method: str, seed: int) -> None:
+    """A finished run is reused only if it was made with the same options."""
+    expected = {"train_config": {k: v for k, v in dataclasses.asdict(_train_config(args, seed)).items()
+                                 if k not in ("device", "progress")},
+                "method_options": dataclasses.asdict(method_options(method, _method_overrides(args, method)))}
+    found = {"train_config": {k: v for k, v in results.get("train_config", {}).items() if k not in ("device", "progress")},
+             "method_options": results.get("method_options")}
+    found["train_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in found["train_config"].items()}
+    expected["train_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in expected["train_config"].items()}
+    if expected != found:
+        raise ConfigError(f"{folder} holds a finished run made with other options; "
+                          "use another --out or pass --overwrite to redo it")
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    for name, spec in METHODS.items():
+        options = method_options(name)
+        print(f"{name}: {spec.description}")
+        print("    " + ", ".join(f"{key}={value}" for key, value in dataclasses.asdict(options).items()))
     return 0
 
 

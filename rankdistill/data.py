@@ -100,13 +100,19 @@ class Interactions:
     def item_counts(self) -> np.ndarray:
         return np.bincount(self.items, minlength=self.n_items)
 
-    def to_csr(self) -> tuple[np.ndarray, np.ndarray]:
+    def to_csr(self, by: str = "user") -> tuple[np.ndarray, np.ndarray]:
         """``(indptr [n_users+1], indices)``: user u's items, ascending, are
-        ``indices[indptr[u]:indptr[u+1]]``."""
-        order = np.argsort(self.keys(), kind="stable")
-        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
-        np.cumsum(self.user_counts(), out=indptr[1:])
-        return indptr, self.items[order]
+        ``indices[indptr[u]:indptr[u+1]]``; ``by="item"``: each item's users."""
+        if by == "user":
+            rows, cols, n_rows, n_cols = self.users, self.items, self.n_users, self.n_items
+        elif by == "item":
+            rows, cols, n_rows, n_cols = self.items, self.users, self.n_items, self.n_users
+        else:
+            raise ValueError(f"by must be 'user' or 'item', got {by!r}")
+        order = np.argsort(rows.astype(np.int64) * n_cols + cols, kind="stable")
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+        return indptr, cols[order]
 
     def select(self, mask: np.ndarray) -> "Interactions":
         """The interactions where ``mask`` is true, in the same id space."""

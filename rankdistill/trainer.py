@@ -119,9 +119,11 @@ class Method:
 
     ``refresh`` runs before the epochs ``0, refresh_every, 2 * refresh_every,
     ...``; ``extra_loss`` returns already weighted terms (``lambda_x * L_x``)
-    by name, each added to the model's loss and logged; ``parameters`` are
-    trained by the same optimizer; ``state_dict`` must capture whatever the
-    later epochs depend on, for an exact resume.
+    by name, each added to the model's loss and logged; ``epoch_log`` returns
+    numbers (diagnostics) to record in the epoch's history entry;
+    ``parameters`` are trained by the same optimizer; ``state_dict`` must
+    capture whatever the later epochs depend on, for an exact resume.
+    Randomness should come from ``trainer.generator`` (checkpointed).
     """
 
     name = "student"
@@ -134,6 +136,9 @@ class Method:
         pass
 
     def extra_loss(self, trainer: "Trainer", batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def epoch_log(self) -> dict[str, float]:
         return {}
 
     def parameters(self) -> Iterable[torch.nn.Parameter]:
@@ -241,6 +246,7 @@ class Trainer:
         bar.close()
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({name: float(value) / n_batches for name, value in totals.items()})
+        record.update(self.method.epoch_log())
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             self._validate(epoch, record)
         self.history.append(record)
@@ -264,7 +270,7 @@ class Trainer:
         return {}
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
-        terms = " ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "valid"))
+        terms = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds", "valid"))
         line = f"epoch {record['epoch'] + 1}/{self.config.epochs} {terms} ({record['seconds']:.2f}s)"
         if "valid" in record:
             line += " | valid " + " ".join(f"{k}={record['valid'][k]:.4f}" for k in metric_names(self.config.cutoffs)[:4])

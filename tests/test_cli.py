@@ -124,3 +124,58 @@ def test_python_dash_m_entry_point(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"rankdistill: error: no such data file: {tmp_path / 'none.dat'}"
+
+
+@pytest.fixture(scope="module")
+def teacher_run(users_dat, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    assert main(["teacher", "--data", str(users_dat), "--out", str(out), "--dim", "16", "--epochs", "4",
+                 "--lr", "0.02", "--eval-candidates", "50", "--no-progress", "-q"]) == 0
+    return out
+
+
+def test_distill_and_compare_end_to_end(capsys, users_dat, teacher_run, tmp_path):
+    common = ["--data", str(users_dat), "--teacher", str(teacher_run / "best.pt"), "--dim", "4", "--epochs", "3",
+              "--lr", "0.02", "--top", "40", "--no-progress", "-q"]
+    code, out, _ = run(capsys, "distill", "--method", "dcd", "-o", "rows=spread", "-o", "dcd:mu=0.01",
+                       "--out", str(tmp_path / "dcd"), *common)
+    assert code == 0 and "dcd" in out
+    results = json.loads((tmp_path / "dcd" / "results.json").read_text())
+    assert results["method"] == "dcd" and results["method_options"]["mu"] == 0.01
+    assert results["method_options"]["rows"] == "spread"
+    assert (teacher_run / "best-rankings-c40.pt").exists()  # cached next to the teacher
+
+    compare = ["compare", "--methods", "student,rrd,dcd", "--seeds", "0,1", "--out", str(tmp_path / "cmp"), *common]
+    code, out, _ = run(capsys, *compare)
+    assert code == 0
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert summary["methods"] == ["student", "rrd", "dcd"] and set(summary["table"]) == set(summary["methods"])
+    assert {(t["a"], t["b"]) for t in summary["paired_tests"]} == {("student", "rrd"), ("student", "dcd"),
+                                                                   ("rrd", "dcd")}
+    runs = {(r["method"], r["seed"]): r["test"]["H@5"] for r in summary["runs"]}
+    mean = (runs[("rrd", 0)] + runs[("rrd", 1)]) / 2
+    assert summary["table"]["rrd"]["mean"]["H@5"] == pytest.approx(mean)
+    assert (tmp_path / "cmp" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "cmp" / "summary.csv").read_text().splitlines()[0].startswith("method,seeds,H@5 mean")
+    assert "paired t-tests on H@5" in out and "Impr. H@5" in out
+    # A second call reuses the finished runs; other options are refused, not mixed in.
+    assert run(capsys, *compare)[0] == 0
+    line = run_error(capsys, *compare, "-o", "lambda_rrd=0.5")
+    assert "holds a finished run made with other options" in line
+
+
+def test_distill_errors(capsys, users_dat, teacher_run, tmp_path):
+    common = ["--data", str(users_dat), "--teacher", str(teacher_run / "best.pt"), "--out", str(tmp_path / "x")]
+    assert "no method has an option 'nope'" in run_error(capsys, "distill", *common, "-o", "nope=1")
+    assert "expected KEY=VALUE" in run_error(capsys, "distill", *common, "-o", "lambda_rrd")
+    assert "unknown method(s) 'xyz'" in run_error(capsys, "compare", *common, "--methods", "rrd,xyz")
+    line = run_error(capsys, "distill", *common, "--split-seed", "5", "--eval-candidates", "50",
+                     "--split", str(tmp_path / "other.npz"))
+    assert "trained on another split" in line
+
+
+def test_methods_lists_every_method(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0
+    for name in ("student", "rrd", "ir-rrd", "dcd", "dcd-no-sampling", "dcd-code"):
+        assert f"\n{name}: " in f"\n{out}"

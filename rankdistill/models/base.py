@@ -53,6 +53,12 @@ class Recommender(nn.Module):
         """Scores ``[B, M]`` of user ``users[b]`` against items ``items[b, :]``."""
         raise NotImplementedError
 
+    def score_users(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, M]`` of item ``items[b]`` against users ``users[b, :]``
+        (the item side); this default goes through ``score``."""
+        pairs = self.score(users.reshape(-1), items.repeat_interleave(users.shape[1]))
+        return pairs.view(users.shape)
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, n_items]`` of every item for each user, computed in
         blocks of users whose temporaries stay within ``SCORE_ALL_BUDGET``."""
@@ -66,6 +72,21 @@ class Recommender(nn.Module):
         return self.n_items
 
     def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_all_users(self, items: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, n_users]`` of every user for each item (the item side
+        of the item-side distillation methods), in blocks like ``score_all``."""
+        if len(items) == 0:
+            return torch.empty((0, self.n_users), device=self.device)
+        rows = max(1, SCORE_ALL_BUDGET // self._score_all_users_cost())
+        return torch.cat([self._score_users_block(block) for block in items.split(rows)])
+
+    def _score_all_users_cost(self) -> int:
+        """Elements of the temporaries per item in ``_score_users_block``."""
+        return self.n_users
+
+    def _score_users_block(self, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,11 @@ class CDAE(Recommender):
     def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
         return self.hidden(users) @ self.item_out.weight.T + self.item_out_bias.weight[:, 0]
 
+    def score_all_users(self, items: torch.Tensor) -> torch.Tensor:
+        # Encode every user once; each item's column is then a product with its output vector.
+        hidden = torch.cat([self.hidden(block) for block in torch.arange(self.n_users, device=items.device).split(4096)])
+        return self.item_out(items) @ hidden.T + self.item_out_bias(items)
+
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:
         return self.hidden(users)
 

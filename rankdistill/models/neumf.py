@@ -36,7 +36,8 @@ class NeuMF(Recommender):
         self.out_mlp = nn.Linear(d, 1, bias=False)
 
     def _pair_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``users`` ``[B, 1]`` broadcast against ``items`` ``[B or 1, M]``."""
+        """``users`` and ``items`` broadcast against each other (``[B, 1]`` and
+        ``[B or 1, M]``, or the other way round)."""
         gmf = self.user_gmf(users) * self.item_gmf(items)
         hidden = torch.relu(self.mlp_user_in(self.user_mlp(users)) + self.mlp_item_in(self.item_mlp(items)))
         hidden = torch.relu(self.mlp_hidden(hidden))
@@ -45,12 +46,23 @@ class NeuMF(Recommender):
     def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self._pair_scores(users[:, None], items)
 
+    def score_users(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        return self._pair_scores(users, items[:, None])
+
     def _score_all_cost(self) -> int:
         return self.n_items * self.dim * 3  # gmf product and two hidden layers per pair
 
     def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
         all_items = torch.arange(self.n_items, device=users.device)[None, :]
         return self._pair_scores(users[:, None], all_items)
+
+    def _score_all_users_cost(self) -> int:
+        return self.n_users * self.dim * 3
+
+    def _score_users_block(self, items: torch.Tensor) -> torch.Tensor:
+        # Every term is symmetric in its user and item halves: broadcast the other way.
+        all_users = torch.arange(self.n_users, device=items.device)[None, :]
+        return self._pair_scores(all_users, items[:, None])
 
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:
         # Both towers' embeddings: the whole of what NeuMF knows about a user.

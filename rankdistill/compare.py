@@ -1,0 +1,196 @@
+"""Summaries of several methods x seeds trained on one split: the papers'
+table (mean and std over seeds), the improvement over the plain student,
+paired t-tests, JSON and CSV files, and a figure of the learning curves.
+
+The paired t-test pairs the evaluated users: each user's test H@5 (or any
+metric) averaged over the seeds of a method, compared between two methods with
+``scipy.stats.ttest_rel``. Users are the unit the metric averages over, so this
+is the test the papers' "paired t-test" asks for when runs share one split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .io import atomic_open, write_json
+from .trainer import RESULTS, TEST_PER_USER
+
+__all__ = ["Run", "TABLE_METRICS", "load_run", "paired_tests", "plot_curves", "summarize", "format_summary",
+           "write_summary"]
+
+TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")
+BASELINE = "student"
+
+
+@dataclass
+class Run:
+    method: str
+    seed: int
+    results: dict[str, Any]
+    per_user: dict[str, np.ndarray] = field(repr=False)  # metric -> [n_eval_users], in split order
+
+    @property
+    def test(self) -> dict[str, float]:
+        return self.results["test"]
+
+
+def load_run(folder: str | Path, method: str, seed: int) -> Run:
+    folder = Path(folder)
+    try:
+        results = json.loads((folder / RESULTS).read_text())
+        with np.load(folder / TEST_PER_USER) as f:
+            per_user = {key.replace("_at_", "@"): f[key] for key in f.files if "_at_" in key}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{folder}: not a finished run ({exc})") from None
+    return Run(method, seed, results, per_user)
+
+
+def summarize(runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> dict[str, Any]:
+    """Per method: mean and std (over seeds, ddof 1 when there are several)
+    of each test metric, seconds per epoch, and the relative improvement of the
+    mean over the student's mean (when the student was run)."""
+    table: dict[str, Any] = {}
+    for method, method_runs in runs.items():
+        values = {m: np.array([run.test[m] for run in method_runs]) for m in metrics}
+        table[method] = {
+            "seeds": [run.seed for run in method_runs],
+            "mean": {m: float(v.mean()) for m, v in values.items()},
+            "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+            "seconds_per_epoch": float(np.median([run.results["seconds_per_epoch"] for run in method_runs])),
+            "best_epochs": [run.results["best_epoch"] + 1 for run in method_runs],
+        }
+    if BASELINE in table:
+        base = table[BASELINE]["mean"]
+        for entry in table.values():
+            entry["improvement"] = {m: (entry["mean"][m] / base[m] - 1.0) if base[m] else float("nan")
+                                    for m in metrics}
+    return table
+
+
+def paired_tests(runs: dict[str, list[Run]], metric: str = "H@5") -> list[dict[str, Any]]:
+    """Paired t-test of ``metric`` between every two methods, over users
+    (each user's value averaged over the method's seeds)."""
+    from scipy import stats  # a heavy import, only needed here
+
+    per_user = {method: np.mean([run.per_user[metric] for run in method_runs], axis=0)
+                for method, method_runs in runs.items()}
+    tests = []
+    for a, b in itertools.combinations(per_user, 2):
+        if per_user[a].shape != per_user[b].shape:
+            raise DataError(f"{a} and {b} were evaluated on different users: not the same split")
+        diff = per_user[a] - per_user[b]
+        if np.all(diff == 0):
+            t, p = 0.0, 1.0
+        else:
+            result = stats.ttest_rel(per_user[a], per_user[b])
+            t, p = float(result.statistic), float(result.pvalue)
+        tests.append({"a": a, "b": b, "metric": metric, "mean_difference": float(diff.mean()), "t": t, "p": p,
+                      "n_users": int(diff.size)})
+    return tests
+
+
+def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    header = ["Method", *metrics]
+    if any("improvement" in entry for entry in table.values()):
+        header.append(f"Impr. {metrics[0]}")
+    header += ["s/epoch", "seeds"]
+    lines = [header]
+    for method, entry in table.items():
+        line = [method, *(f"{entry['mean'][m]:.4f} ± {entry['std'][m]:.4f}" for m in metrics)]
+        if "improvement" in entry:
+            line.append(f"{100 * entry['improvement'][metrics[0]]:+.2f}%")
+        line += [f"{entry['seconds_per_epoch']:.2f}", str(len(entry["seeds"]))]
+        lines.append(line)
+    widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
+    out = []
+    for k, line in enumerate(lines):
+        out.append("  ".join([line[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(line[1:], widths[1:])]))
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    if tests:
+        out.append("")
+        out.append(f"paired t-tests on {tests[0]['metric']} over {tests[0]['n_users']} users "
+                   "(per-user values averaged over seeds):")
+        for test in tests:
+            out.append(f"  {test['a']} vs {test['b']}: mean difference {test['mean_difference']:+.4f}, "
+                       f"t = {test['t']:.2f}, p = {test['p']:.2g}")
+    return "\n".join(out)
+
+
+def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[str, Any]],
+                  runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> None:
+    """``summary.json`` (table, tests, every run's test metrics) and
+    ``summary.csv`` (one row per method: mean and std of each metric)."""
+    folder = Path(folder)
+    write_json(folder / "summary.json", {
+        "methods": list(table),
+        "table": table,
+        "paired_tests": tests,
+        "runs": [{"method": run.method, "seed": run.seed, "test": run.test, "best_epoch": run.results["best_epoch"],
+                  "seconds_per_epoch": run.results["seconds_per_epoch"]}
+                 for method_runs in runs.values() for run in method_runs],
+    })
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["method", "seeds", *(f"{m} {s}" for m in metrics for s in ("mean", "std")),
+                     f"improvement {metrics[0]}", "seconds_per_epoch"])
+    for method, entry in table.items():
+        writer.writerow([method, len(entry["seeds"]),
+                         *(f"{entry[s][m]:.6f}" for m in metrics for s in ("mean", "std")),
+                         f"{entry['improvement'][metrics[0]]:.6f}" if "improvement" in entry else "",
+                         f"{entry['seconds_per_epoch']:.4f}"])
+    with atomic_open(folder / "summary.csv", "w") as f:
+        f.write(text.getvalue())
+
+
+def _mean_curve(histories: list[list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs (1-based) and the mean over seeds of ``key`` where recorded by every seed."""
+    points: dict[int, list[float]] = {}
+    for history in histories:
+        for record in history:
+            value = record.get(key)
+            if isinstance(value, dict):
+                value = value.get("H@5")
+            if value is not None:
+                points.setdefault(record["epoch"] + 1, []).append(float(value))
+    epochs = sorted(e for e, values in points.items() if len(values) == len(histories))
+    return np.array(epochs), np.array([np.mean(points[e]) for e in epochs])
+
+
+def plot_curves(path: str | Path, runs: dict[str, list[Run]]) -> None:
+    """Validation H@5 per epoch and the mean |R_S - R_T| over the teacher's
+    top-50 (user side solid, item side dashed), averaged over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_valid, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k, (method, method_runs) in enumerate(runs.items()):
+        color = f"C{k % 10}"
+        histories = [run.results["history"] for run in method_runs]
+        epochs, valid = _mean_curve(histories, "valid")
+        ax_valid.plot(epochs, valid, color=color, label=method)
+        for key, style in (("discrepancy_user", "-"), ("discrepancy_item", "--")):
+            epochs, gap = _mean_curve(histories, key)
+            if len(epochs):
+                ax_gap.plot(epochs, gap, style, color=color, label=f"{method} ({key.split('_')[1]})")
+    ax_valid.set(xlabel="epoch", ylabel="validation H@5", title="Validation H@5 (mean over seeds)")
+    ax_gap.set(xlabel="epoch", ylabel="mean |R_S - R_T|", yscale="log",
+               title="Rank discrepancy on the teacher's top-50")
+    for ax in (ax_valid, ax_gap):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""DCD (Lee & Kim, CIKM 2021): RRD plus dual correction of the student's
+ranking errors, on the user side (UCD) and the item side (ICD).
+
+Every ``correct_every`` epochs, for every row of a corrected side: the
+student's rank R_S of each of the teacher's top-C columns (over the whole
+catalogue, observed columns excluded; or, as in the authors' code, within the
+top-C only), the teacher's rank R_T (its position in the list), and
+
+    under_c = tanh(max(mu (R_S - R_T), 0))     the student ranks c too low
+    over_c  = tanh(max(mu (R_T - R_S), 0))     the student ranks c too high
+
+M_l under-estimated and M_h over-estimated columns are drawn by these weights
+(``discrepancy_sample``), or the largest ones taken (``sampling=False``, the
+ablation *w/o sampling*). The correction loss asks the student to rank the
+under-estimated columns, in the teacher's order, above the over-estimated ones
+(relaxed ListMLE). ``L = L_base + lambda_rrd L_RRD + lambda_ucd L_UCD +
+lambda_icd L_ICD``; the item-side RRD (``lambda_ir``) serves *w/o correction*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ConfigError
+from ..ops import discrepancy_sample
+from ..reference import discrepancy_weights
+from .base import Side
+from .rrd import RRD, RRDOptions
+
+if TYPE_CHECKING:
+    from ..trainer import Trainer
+
+__all__ = ["DCD", "DCDOptions", "largest_discrepancies", "select_discrepancies"]
+
+RANK_SCOPES = ("catalogue", "candidates")
+
+
+@dataclass
+class DCDOptions(RRDOptions):
+    lambda_ucd: float = 1e-2
+    lambda_icd: float = 1e-2
+    mu: float = 1e-3
+    m_under: int = 40
+    m_over: int = 40
+    correct_every: int = 5
+    rank_scope: str = "catalogue"
+    sampling: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank_scope not in RANK_SCOPES:
+            raise ConfigError(f"option rank_scope must be one of {', '.join(RANK_SCOPES)}, got {self.rank_scope!r}")
+        if self.mu <= 0:
+            raise ConfigError(f"option mu must be > 0, got {self.mu}")
+        if self.correct_every < 1:
+            raise ConfigError(f"option correct_every must be >= 1, got {self.correct_every}")
+
+
+def largest_discrepancies(student_rank: torch.Tensor, teacher_rank: torch.Tensor, k: int, *, mu: float,
+                          direction: str) -> torch.Tensor:
+    """Per row, the (at most) ``k`` positions with the largest positive
+    discrepancy weight, ascending (the teacher's order), -1 padded."""
+    weights = discrepancy_weights(student_rank, teacher_rank, mu=mu, direction=direction)
+    k = min(k, weights.shape[1])
+    values, positions = weights.topk(k, dim=1)
+    positions = positions.masked_fill_(values <= 0, weights.shape[1])  # padding sorts last
+    positions = positions.sort(dim=1).values
+    return positions.masked_fill_(positions == weights.shape[1], -1)
+
+
+def select_discrepancies(side: Side, student_rank: torch.Tensor, k: int, *, mu: float, direction: str,
+                         sampling: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """``[n_rows, k]`` columns of the teacher's top-C with a positive
+    ``direction`` discrepancy, in the teacher's order, -1 padded."""
+    # Padding gets R_S = R_T: no discrepancy, never selected.
+    student_rank = torch.where(side.padding, side.teacher_rank, student_rank)
+    if sampling:
+        positions = discrepancy_sample(student_rank, side.teacher_rank, min(k, student_rank.shape[1]), mu=mu,
+                                       direction=direction, generator=generator, sorted=True)
+    else:
+        positions = largest_discrepancies(student_rank, side.teacher_rank, k, mu=mu, direction=direction)
+    return side.top.gather(1, positions.clamp_min(0)).masked_fill_(positions < 0, -1)
+
+
+class DCD(RRD):
+    name = "dcd"
+    Options = DCDOptions
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.corrections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _corrected_sides(self) -> list[tuple[str, str, float]]:
+        o = self.options
+        return [term for term in (("ucd", "user", o.lambda_ucd), ("icd", "item", o.lambda_icd)) if term[2] > 0]
+
+    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+        super().resample(trainer, epoch)
+        o = self.options
+        if epoch % o.correct_every:
+            return {}
+        catalogue_ranks = {}
+        for _, side_name, _ in self._corrected_sides():
+            side = self.sides[side_name]
+            if o.rank_scope == "catalogue":
+                ranks = catalogue_ranks[side_name] = side.catalogue_ranks(trainer.model, side.top)
+            else:
+                ranks = side.candidate_ranks(trainer.model, side.top)
+            options = {"mu": o.mu, "sampling": o.sampling, "generator": trainer.generator}
+            self.corrections[side_name] = (select_discrepancies(side, ranks, o.m_under, direction="under", **options),
+                                           select_discrepancies(side, ranks, o.m_over, direction="over", **options))
+        return catalogue_ranks
+
+    def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:
+        return super().listwise_terms() + [(loss_name, side_name, weight, self.corrections[side_name])
+                                           for loss_name, side_name, weight in self._corrected_sides()]
+
+    # The corrections live for several epochs: a resumed run needs them.
+    def state_dict(self) -> dict[str, Any]:
+        return {"corrections": self.corrections}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.corrections = dict(state["corrections"])

@@ -1,0 +1,321 @@
+"""The distillation methods on the trainer: teacher rankings, RRD's samples,
+DCD's discrepancy selection, the ablation switches, diagnostics, exact resume,
+and that every method's distillation loss falls while it trains."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from rankdistill.data import synthetic
+from rankdistill.errors import ConfigError
+from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
+from rankdistill.methods.base import Side
+from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
+from rankdistill.methods.rrd import sample_interesting, sample_uninteresting
+from rankdistill.methods import method_options
+from rankdistill.models import build_model, save_model
+from rankdistill.split import leave_one_out
+from rankdistill.trainer import TrainConfig, Trainer, seed_everything
+
+TOP = 30
+
+
+@pytest.fixture(scope="module")
+def split():
+    data = synthetic(120, 200, n_factors=6, mean_interactions=15, min_interactions=5, seed=1)
+    return leave_one_out(data, seed=0, n_candidates=40)
+
+
+def csr_of(split):
+    return tuple(torch.as_tensor(a) for a in split.train.to_csr())
+
+
+def new_model(split, dim, seed=0, name="bpr"):
+    seed_everything(seed)
+    return build_model({"model": name, "n_users": split.n_users, "n_items": split.n_items, "dim": dim},
+                       train=csr_of(split))
+
+
+@pytest.fixture(scope="module")
+def teacher(split):
+    model = new_model(split, 16, seed=5)
+    Trainer(model, split, TrainConfig(epochs=8, batch_size=128, lr=2e-2, patience=100, progress=False)).fit()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def rankings(teacher, split):
+    return compute_rankings(teacher, split, TOP)
+
+
+def config(**overrides):
+    return TrainConfig(**{"epochs": 4, "batch_size": 256, "lr": 1e-2, "patience": 100, "progress": False,
+                          **overrides})
+
+
+def user_side(split, rankings):
+    return Side("user", rankings.items_of_user, split.train.to_csr("user"), split.n_items, torch.device("cpu"))
+
+
+def item_side(split, rankings):
+    return Side("item", rankings.users_of_item, split.train.to_csr("item"), split.n_users, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- rankings
+
+def test_rankings_are_the_teachers_best_unobserved_columns(teacher, split, rankings):
+    with torch.no_grad():
+        scores = teacher.score_all(torch.arange(split.n_users))
+    seen = torch.zeros_like(scores, dtype=torch.bool)
+    seen[torch.as_tensor(split.train.users), torch.as_tensor(split.train.items)] = True
+    for matrix, mask, top in ((scores, seen, rankings.items_of_user), (scores.T, seen.T, rankings.users_of_item)):
+        masked = matrix.masked_fill(mask, -torch.inf)
+        expected = masked.sort(dim=1, descending=True, stable=True)
+        assert torch.equal(masked.gather(1, top), expected.values[:, :TOP])  # same scores in the same order
+        assert not mask.gather(1, top).any()
+
+
+def test_rankings_cache_is_reused_and_invalidated(teacher, split, tmp_path):
+    path = tmp_path / "best.pt"
+    save_model(path, teacher)
+    first = load_or_compute_rankings(path, teacher, split, 10)
+    cache = tmp_path / "best-rankings-c10.pt"
+    assert cache.exists()
+    stamp = cache.stat().st_mtime_ns
+    again = load_or_compute_rankings(path, teacher, split, 10)
+    assert cache.stat().st_mtime_ns == stamp and torch.equal(again.items_of_user, first.items_of_user)
+    with torch.no_grad():
+        teacher.item_emb.weight.mul_(-1)  # another teacher in the same file: the key changes
+    try:
+        save_model(path, teacher)
+        flipped = load_or_compute_rankings(path, teacher, split, 10)
+    finally:
+        with torch.no_grad():
+            teacher.item_emb.weight.mul_(-1)
+    assert not torch.equal(flipped.items_of_user, first.items_of_user)
+
+
+# ---------------------------------------------------------------- RRD samples
+
+def test_rrd_samples_interesting_in_teacher_order_and_uninteresting_below(split, rankings):
+    for side in (user_side(split, rankings), item_side(split, rankings)):
+        generator = torch.Generator().manual_seed(0)
+        interesting = sample_interesting(side, 8, 10.0, generator)
+        uninteresting = sample_uninteresting(side, 8, generator)
+        position = {(r, int(c)): k for r in range(side.n_rows) for k, c in enumerate(side.top[r]) if c >= 0}
+        for r in range(side.n_rows):
+            ranks = [position[(r, int(c))] for c in interesting[r] if c >= 0]
+            assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+            below = uninteresting[r].tolist()
+            assert len(set(below)) == len(below)
+            assert not any((r, c) in position for c in below)
+        assert not side.observed.contains(torch.arange(side.n_rows)[:, None], uninteresting).any()
+
+
+def test_rrd_interesting_follows_exp_of_minus_rank_over_t(split, rankings):
+    # One draw of a single column: P(rank k) = exp(-k/T) / sum_j exp(-j/T).
+    side = user_side(split, rankings)
+    rows = side.top[:1].expand(20000, -1).contiguous()
+    big = Side("user", rows, (np.zeros(20001, dtype=np.int64), np.zeros(0, dtype=np.int64)), split.n_items,
+               torch.device("cpu"))
+    draws = sample_interesting(big, 1, 5.0, torch.Generator().manual_seed(3))[:, 0]
+    ranks = (rows == draws[:, None]).float().argmax(dim=1)
+    expected = torch.exp(-torch.arange(TOP) / 5.0)
+    expected /= expected.sum()
+    observed = torch.bincount(ranks, minlength=TOP).float() / len(ranks)
+    bound = 5 * torch.sqrt(expected * (1 - expected) / len(ranks)) + 1e-3
+    assert torch.all((observed - expected).abs() < bound)
+
+
+# ---------------------------------------------------------------- DCD selection
+
+def constructed_side():
+    """Three rows, five teacher candidates each; the second row's last one is padding."""
+    top = torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, -1], [30, 31, 32, 33, 34]])
+    empty = (np.zeros(4, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    return Side("user", top, empty, 40, torch.device("cpu"))
+
+
+STUDENT_RANKS = torch.tensor([[0, 9, 1, 3, 2],     # 11 under (9 > 1), 12 and 14 over, 13 equal
+                              [5, 1, 4, 0, 0],     # 20, 22 under; 23 over; the padding never
+                              [0, 1, 2, 3, 4]])    # no discrepancy at all
+
+
+@pytest.mark.parametrize("sampling", [True, False])
+def test_dcd_selects_only_discrepancies_in_the_right_direction(sampling):
+    side = constructed_side()
+    generator = torch.Generator().manual_seed(0)
+    under = select_discrepancies(side, STUDENT_RANKS, 4, mu=0.5, direction="under", sampling=sampling,
+                                 generator=generator)
+    over = select_discrepancies(side, STUDENT_RANKS, 4, mu=0.5, direction="over", sampling=sampling,
+                                generator=generator)
+    as_sets = lambda t: [set(int(c) for c in row if c >= 0) for row in t]  # noqa: E731
+    assert as_sets(under) == [{11}, {20, 22}, set()]
+    assert as_sets(over) == [{12, 14}, {23}, set()]
+    assert under[1].tolist() == [20, 22, -1, -1]  # teacher order, padding last
+
+
+def test_dcd_under_list_is_in_teacher_order_and_sampled_by_weight():
+    # 12 under-estimated candidates, 4 drawn: always in teacher order, and the
+    # most under-estimated ones drawn most often.
+    top = torch.arange(12).expand(4000, -1).contiguous()
+    side = Side("user", top, (np.zeros(4001, dtype=np.int64), np.zeros(0, dtype=np.int64)), 12,
+                torch.device("cpu"))
+    student = side.teacher_rank + torch.tensor([1, 50, 2, 40, 3, 30, 4, 20, 5, 10, 6, 8])
+    under = select_discrepancies(side, student, 4, mu=0.05, direction="under", sampling=True,
+                                 generator=torch.Generator().manual_seed(1))
+    assert torch.all(under[:, 1:] > under[:, :-1])
+    counts = torch.bincount(under.flatten(), minlength=12)
+    assert counts[1] > counts[3] > counts[5] > counts[7] > counts[9] and counts[0] < counts[9]
+    fixed = select_discrepancies(side, student, 4, mu=0.05, direction="under", sampling=False, generator=None)
+    assert torch.equal(fixed, torch.tensor([1, 3, 5, 7]).expand(4000, -1))
+
+
+def test_largest_discrepancies_hand_case():
+    student = torch.tensor([[7, 0, 9, 3]])
+    teacher = torch.tensor([[0, 1, 2, 3]])
+    # under gaps: 7, -1, 7, 0 -> positions 0 and 2 (ties by weight), teacher order
+    assert largest_discrepancies(student, teacher, 3, mu=0.1, direction="under").tolist() == [[0, 2, -1]]
+    assert largest_discrepancies(student, teacher, 1, mu=0.1, direction="over").tolist() == [[1]]
+
+
+# ---------------------------------------------------------------- methods on the trainer
+
+def run(split, teacher, rankings, name, epochs=4, **options):
+    method = build_method(name, teacher, rankings, options)
+    result = Trainer(new_model(split, 4), split, config(epochs=epochs), method=method).fit()
+    return method, result
+
+
+EXPECTED_TERMS = {
+    "rrd": {"rrd"}, "ir-rrd": {"ir_rrd"}, "rrd+ir-rrd": {"rrd", "ir_rrd"},
+    "dcd": {"rrd", "ucd", "icd"}, "dcd-no-correction": {"rrd", "ir_rrd"}, "dcd-no-item": {"rrd", "ucd"},
+    "dcd-no-user": {"rrd", "icd"}, "dcd-no-sampling": {"rrd", "ucd", "icd"}, "dcd-code": {"rrd", "ucd", "icd"},
+}
+
+
+@pytest.mark.parametrize("name", [name for name in METHODS if name != "student"])
+def test_distillation_loss_falls(split, teacher, rankings, name):
+    # DCD's corrections fixed after the first refresh: a fixed target the
+    # student must learn; the distillation terms weighted up so that they lead.
+    defaults = dataclasses.asdict(method_options(name))
+    options = {key: 1.0 for key, value in defaults.items() if key.startswith("lambda_") and value > 0}
+    if "correct_every" in defaults:
+        options["correct_every"] = 100
+    method = build_method(name, teacher, rankings, options)
+    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2), method=method).fit()
+    terms = {k for k in result.history[0] if k not in ("epoch", "seconds", "valid", "loss")
+             and not k.startswith("discrepancy")}
+    assert terms == EXPECTED_TERMS[name]
+    for term in terms:
+        # ListMLE has a high floor: a steady fall of a few percent is the signal.
+        values = np.array([r[term] for r in result.history])
+        assert values[-1] < 0.97 * values[0] and np.sum(np.diff(values) < 0) >= 4, (term, values)
+
+
+def test_ablations_change_only_their_switches():
+    base = dataclasses.asdict(method_options("dcd"))
+    expected = {"dcd-no-correction": {"lambda_ucd", "lambda_icd", "lambda_ir"}, "dcd-no-item": {"lambda_icd"},
+                "dcd-no-user": {"lambda_ucd"}, "dcd-no-sampling": {"sampling"},
+                "dcd-code": {"rank_scope", "correct_every"}}
+    for name, switches in expected.items():
+        options = dataclasses.asdict(method_options(name))
+        assert {k for k in base if options[k] != base[k]} == switches, name
+
+
+def test_dcd_without_sampling_is_deterministic_and_sampling_is_not(split, teacher, rankings):
+    def corrections(name, seed):
+        method = build_method(name, teacher, rankings, {"m_under": 5})
+        trainer = Trainer(new_model(split, 4), split, config(seed=seed), method=method)
+        method.on_train_start(trainer)
+        method.refresh(trainer, 0)
+        return method.corrections["user"][0]
+    assert torch.equal(corrections("dcd-no-sampling", 0), corrections("dcd-no-sampling", 1))
+    assert not torch.equal(corrections("dcd", 0), corrections("dcd", 1))
+
+
+def test_dcd_candidate_scope_ranks_within_the_teachers_list(split, teacher, rankings):
+    side = user_side(split, rankings)
+    student = new_model(split, 4)
+    within = side.candidate_ranks(student, side.top)
+    catalogue = side.catalogue_ranks(student, side.top)
+    assert torch.equal(within.sort(dim=1).values, torch.arange(TOP).expand(split.n_users, -1))
+    # The order among the candidates is the same either way.
+    assert torch.equal(within.argsort(dim=1), catalogue.argsort(dim=1))
+
+
+def test_diagnostics_are_recorded_at_each_refresh(split, teacher, rankings):
+    _, result = run(split, teacher, rankings, "dcd", epochs=5, diagnose_every=2)
+    recorded = [r["epoch"] for r in result.history if "discrepancy_user" in r]
+    assert recorded == [0, 2, 4]
+    record = result.history[0]
+    # Independent computation for the initial student: mean |R_S - R_T| over the top-50 (here the top-30).
+    side = user_side(split, rankings)
+    ranks = side.catalogue_ranks(new_model(split, 4), side.top)
+    assert record["discrepancy_user"] == pytest.approx(float((ranks - side.teacher_rank).abs().float().mean()))
+    assert record["discrepancy_item"] > 0
+
+
+def test_student_method_trains_the_plain_model(split, teacher, rankings):
+    plain = Trainer(new_model(split, 4), split, config()).fit()
+    _, as_method = run(split, teacher, rankings, "student", diagnose_every=0)
+    assert as_method.test == plain.test
+
+
+class CrashingDCD(Exception):
+    pass
+
+
+def test_dcd_resume_is_exact_between_corrections(split, teacher, rankings, tmp_path):
+    options = {"correct_every": 3, "rows": "spread"}
+    whole = Trainer(new_model(split, 4), split, config(epochs=6), method=build_method("dcd", teacher, rankings, options),
+                    out_dir=tmp_path / "whole").fit()
+
+    method = build_method("dcd", teacher, rankings, options)
+    original = method.refresh
+
+    def refresh(trainer, epoch):
+        if epoch == 4:  # after the correction of epoch 3, before the next one
+            raise CrashingDCD
+        original(trainer, epoch)
+    method.refresh = refresh
+    with pytest.raises(CrashingDCD):
+        Trainer(new_model(split, 4), split, config(epochs=6), method=method, out_dir=tmp_path / "cut").fit()
+    resumed = Trainer(new_model(split, 4, seed=7), split, config(epochs=6),
+                      method=build_method("dcd", teacher, rankings, options), out_dir=tmp_path / "cut").fit(resume=True)
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+
+
+def test_rows_spread_distils_every_row_once_per_epoch(split, teacher, rankings):
+    method = build_method("rrd", teacher, rankings, {"rows": "spread"})
+    trainer = Trainer(new_model(split, 4), split, config(), method=method)
+    method.on_train_start(trainer)
+    method.refresh(trainer, 0)
+    n_batches = -(-len(split.train.users) // trainer.config.batch_size)
+    rows = [method.batch_rows(method.sides["user"], None) for method._batch_index in range(n_batches)]
+    assert torch.equal(torch.cat(rows).sort().values, torch.arange(split.n_users))
+
+
+@pytest.mark.parametrize("model", ["neumf", "cdae"])
+def test_dcd_runs_with_other_students(split, teacher, rankings, model):
+    method = build_method("dcd", teacher, rankings)
+    seed_everything(0)
+    student = new_model(split, 4, name=model)
+    result = Trainer(student, split, config(epochs=2), method=method).fit()
+    assert {"rrd", "ucd", "icd"} <= set(result.history[0])
+
+
+def test_bad_method_options_are_config_errors(teacher, rankings):
+    with pytest.raises(ConfigError, match="unknown option"):
+        build_method("dcd", teacher, rankings, {"lambda_xyz": 1})
+    with pytest.raises(ConfigError, match="rank_scope"):
+        build_method("dcd", teacher, rankings, {"rank_scope": "everything"})
+    with pytest.raises(ConfigError, match="expected float"):
+        build_method("dcd", teacher, rankings, {"mu": "lots"})
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        build_method("rrd", None, None)
+    with pytest.raises(ConfigError, match="unknown method"):
+        build_method("xyz", teacher, rankings)
