@@ -40,8 +40,8 @@ RANK_SCOPES = ("catalogue", "candidates")
 
 @dataclass
 class DCDOptions(RRDOptions):
-    lambda_ucd: float = 1e-2
-    lambda_icd: float = 1e-2
+    lambda_ucd: float = 1e-3
+    lambda_icd: float = 1e-3
     mu: float = 1e-3
     m_under: int = 40
     m_over: int = 40

@@ -51,7 +51,7 @@ class RRDOptions(MethodOptions):
     """User side: K=L=40, T=10 (RRD); item side: K=L=20 (IR-RRD). A side
     whose lambda is 0 is off."""
 
-    lambda_rrd: float = 1e-2
+    lambda_rrd: float = 1e-3
     lambda_ir: float = 0.0
     interesting: int = 40
     uninteresting: int = 40

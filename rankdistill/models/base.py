@@ -62,10 +62,7 @@ class Recommender(nn.Module):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, n_items]`` of every item for each user, computed in
         blocks of users whose temporaries stay within ``SCORE_ALL_BUDGET``."""
-        if len(users) == 0:
-            return torch.empty((0, self.n_items), device=self.device)
-        rows = max(1, SCORE_ALL_BUDGET // self._score_all_cost())
-        return torch.cat([self._score_all_block(block) for block in users.split(rows)])
+        return self._in_blocks(self._score_all_block, users, self.n_items, self._score_all_cost())
 
     def _score_all_cost(self) -> int:
         """Elements of the temporaries per user in ``_score_all_block``."""
@@ -77,10 +74,7 @@ class Recommender(nn.Module):
     def score_all_users(self, items: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, n_users]`` of every user for each item (the item side
         of the item-side distillation methods), in blocks like ``score_all``."""
-        if len(items) == 0:
-            return torch.empty((0, self.n_users), device=self.device)
-        rows = max(1, SCORE_ALL_BUDGET // self._score_all_users_cost())
-        return torch.cat([self._score_users_block(block) for block in items.split(rows)])
+        return self._in_blocks(self._score_users_block, items, self.n_users, self._score_all_users_cost())
 
     def _score_all_users_cost(self) -> int:
         """Elements of the temporaries per item in ``_score_users_block``."""
@@ -88,6 +82,12 @@ class Recommender(nn.Module):
 
     def _score_users_block(self, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _in_blocks(self, score_block, ids: torch.Tensor, width: int, cost_per_id: int) -> torch.Tensor:
+        if len(ids) == 0:
+            return torch.empty((0, width), device=self.device)
+        rows = max(1, SCORE_ALL_BUDGET // cost_per_id)
+        return torch.cat([score_block(block) for block in ids.split(rows)])
 
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:
         """``[B, d]``: what a representation distillation method (DE) matches."""
