@@ -1,0 +1,198 @@
+"""DE (Kang et al., CIKM 2020): distillation experts, and DE-RRD (DE and RRD
+together).
+
+M experts, each an MLP ``d_s -> (d_s + d_t) // 2 -> d_t`` with a ReLU, map the
+student's representation of an entity to the teacher's space. A selection
+network (one linear layer ``d_t -> M`` on the *teacher's* representation,
+softmax) gives each entity a distribution over the experts, from which one
+expert is picked with the Gumbel-softmax relaxation
+
+    e = softmax((log alpha + g) / tau),   g ~ Gumbel(0, 1),
+    L_DE = || h_T - sum_m e_m E_m(h_S) ||^2
+
+averaged over the entities of the batch (``reduction="sum"``: summed). The
+temperature anneals per epoch, ``tau(p) = tau_0 (tau_P / tau_0)^(p / P)`` with
+p the 0-based epoch and P ``anneal_epochs`` (default: the run's epochs), so the
+selection is soft at first and one-hot (one expert per entity) by the end.
+
+The entities are users and items, each side with its own experts and
+selection network: the batch's distinct users and its distinct positive and
+negative items (``rows="spread"``: every user and item once per epoch). The
+representations are the models' ``user_representation`` /
+``item_representation``: BPR's embeddings, NeuMF's two towers' embeddings
+concatenated. The experts (stacked weights, all evaluated in one batched
+product) and the selection networks belong to the method: the optimizer trains
+them, the checkpoint keeps them, and the saved student has none of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models import Recommender
+from .base import Distillation, MethodOptions, evaluation_mode
+from .combine import combine
+from .rrd import REDUCTIONS, RRD
+
+if TYPE_CHECKING:
+    from ..trainer import Batch, Trainer
+
+__all__ = ["DE", "DEOptions", "DERRD", "Experts", "annealed_temperature"]
+
+# Offset of the experts' initialisation seed from the run's seed (their own
+# CPU generator, so that CPU and CUDA runs start from the same experts).
+_INIT_SEED_OFFSET = 7919
+
+
+@dataclass
+class DEOptions(MethodOptions):
+    """M=30 experts, tau annealed from 1 to 1e-10, lambda 1e-2."""
+
+    lambda_de: float = 1e-2
+    experts: int = 30
+    tau_start: float = 1.0
+    tau_end: float = 1e-10
+    anneal_epochs: int = 0
+    reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.experts < 1:
+            raise ConfigError(f"option experts must be >= 1, got {self.experts}")
+        for name in ("tau_start", "tau_end"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError(f"option reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
+
+
+def annealed_temperature(step: int, total: int, start: float, end: float) -> float:
+    """``start (end / start)^(step / total)``, held at ``end`` after ``total``."""
+    return start * (end / start) ** min(step / total, 1.0)
+
+
+def _uniform(generator: torch.Generator, fan_in: int, *shape: int) -> nn.Parameter:
+    # nn.Linear's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound, generator=generator))
+
+
+class Experts(nn.Module):
+    """``n`` experts ``d_s -> (d_s + d_t) // 2 -> d_t`` as stacked weights and
+    a selection network ``d_t -> n``."""
+
+    def __init__(self, n: int, d_student: int, d_teacher: int, generator: torch.Generator) -> None:
+        super().__init__()
+        hidden = max(1, (d_student + d_teacher) // 2)
+        self.w1 = _uniform(generator, d_student, n, d_student, hidden)
+        self.b1 = _uniform(generator, d_student, n, hidden)
+        self.w2 = _uniform(generator, hidden, n, hidden, d_teacher)
+        self.b2 = _uniform(generator, hidden, n, d_teacher)
+        self.select_w = _uniform(generator, d_teacher, d_teacher, n)
+        self.select_b = _uniform(generator, d_teacher, n)
+
+    def outputs(self, student: torch.Tensor) -> torch.Tensor:
+        """``[B, n, d_t]``: every expert's output for every row of ``[B, d_s]``."""
+        hidden = torch.relu(torch.einsum("bd,ndh->bnh", student, self.w1) + self.b1)
+        return torch.einsum("bnh,nht->bnt", hidden, self.w2) + self.b2
+
+    def selection(self, teacher: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
+        """``[B, n]`` Gumbel-softmax selection from the teacher's ``[B, d_t]``."""
+        log_alpha = torch.log_softmax(teacher @ self.select_w + self.select_b, dim=1)
+        exponential = torch.empty_like(log_alpha).exponential_(generator=generator)
+        gumbel = -torch.log(exponential.clamp_min(torch.finfo(exponential.dtype).tiny))
+        return torch.softmax((log_alpha + gumbel) / tau, dim=1)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, tau: float,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction ``[B, d_t]`` of the teacher's representation and the selection ``[B, n]``."""
+        selection = self.selection(teacher, tau, generator)
+        return torch.einsum("bn,bnt->bt", selection, self.outputs(student)), selection
+
+
+_REPRESENTATIONS = {"user": "user_representation", "item": "item_representation"}
+
+
+def _representation(model: Recommender, side: str, ids: torch.Tensor) -> torch.Tensor:
+    return getattr(model, _REPRESENTATIONS[side])(ids)
+
+
+class DE(Distillation):
+    """``L = L_base + lambda_de (L_DE(users) + L_DE(items))``."""
+
+    name = "de"
+    Options = DEOptions
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.experts = nn.ModuleDict()
+        self.tau = self.options.tau_start
+        self.generator: torch.Generator | None = None
+        self._selected: list[torch.Tensor] = []  # per batch: the mean largest selection weight
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        super().on_train_start(trainer)
+        if self.teacher is None:
+            raise ConfigError(f"method {self.name!r} needs a teacher")
+        self.teacher.to(trainer.device)
+        self.generator = trainer.generator
+        init = torch.Generator().manual_seed(trainer.config.seed + _INIT_SEED_OFFSET)
+        probe = torch.zeros(1, dtype=torch.int64, device=trainer.device)
+        experts = {}
+        for side in _REPRESENTATIONS:
+            try:
+                with evaluation_mode(trainer.model), evaluation_mode(self.teacher):
+                    d_student = _representation(trainer.model, side, probe).shape[-1]
+                    d_teacher = _representation(self.teacher, side, probe).shape[-1]
+            except NotImplementedError:
+                raise ConfigError(f"method {self.name!r} needs models with {side} representations") from None
+            experts[side] = Experts(self.options.experts, d_student, d_teacher, init)
+        self.experts = nn.ModuleDict(experts).to(trainer.device)
+
+    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+        o = self.options
+        self.tau = annealed_temperature(epoch, o.anneal_epochs or trainer.config.epochs, o.tau_start, o.tau_end)
+        self._selected = []
+        return {}
+
+    def entities(self, side: str, batch: "Batch") -> torch.Tensor:
+        """The users (items) of this batch whose representations are distilled."""
+        if side == "user" or self.options.rows == "spread":
+            return self.batch_rows(self.sides[side], batch)
+        return torch.unique(torch.cat([batch.pos_items, batch.neg_items.reshape(-1)]))
+
+    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+        total = 0.0
+        for side, experts in self.experts.items():
+            ids = self.entities(side, batch)
+            with torch.no_grad():
+                target = _representation(self.teacher, side, ids)
+            reconstruction, selection = experts(_representation(model, side, ids), target, self.tau, self.generator)
+            per_entity = (target - reconstruction).square().sum(dim=1)
+            total = total + (per_entity.mean() if self.options.reduction == "mean" else per_entity.sum())
+            self._selected.append(selection.detach().max(dim=1).values.mean())
+        return {"de": self.options.lambda_de * total}
+
+    def epoch_log(self) -> dict[str, float]:
+        log = {**self._log, "de_tau": self.tau}
+        if self._selected:  # how one-hot the selection was: 1 = one expert per entity
+            log["de_selection"] = float(torch.stack(self._selected).mean())
+        return log
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return list(self.experts.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"experts": self.experts.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.experts.load_state_dict(state["experts"])  # in place: the optimizer keeps its parameters
+
+
+DERRD = combine(DE, RRD, name="de-rrd")
