@@ -1,0 +1,388 @@
+"""BD (Kweon, Kang & Yu, WWW 2021): bidirectional distillation, and iBD, BD
+with feedback across sampling rounds.
+
+The teacher and the student are trained together, in one loop and by one
+optimizer: the student's loss is ``L_base(S) + lambda_ts L_BD(T->S)``, the
+teacher's ``L_base(T) + lambda_st L_BD(S->T)``; the two sums are added (the
+gradients do not mix: each model's distillation target is the other model's
+prediction, detached), so one Adam over both parameter sets is the same as two.
+
+Every ``update_every`` epochs (a *sampling round*), for every user, both
+models rank every item (``rank_positions``, the user's training items
+excluded, 0 = top) and each model gets a new set of ``samples`` unobserved
+items, drawn without replacement (``weighted_sample``):
+
+    student (T->S): p_i ∝ tanh(max(eps_t (R_S(i) - R_T(i)), 0))   the teacher ranks i higher
+    teacher (S->T): p_i ∝ exp(eps (R_T(i) - R_S(i)))              preferring what the student ranks higher
+
+The candidates are all of the user's unobserved items (the paper's reading;
+it is tractable because the ranks are computed block by block of users and
+never stored: only the drawn items are kept). On the sampled items each model
+learns the other's soft label ``sigmoid(z / temperature)`` with binary
+cross-entropy on its own ``z / temperature``, averaged over the batch's
+(user, item) pairs; the batch's users are distilled (``rows``, as in the other
+methods). The samples are kept until the next round.
+
+iBD adds feedback: at each round, the items of the previous round's set of a
+direction (new and retained) whose discrepancy in that direction has not been
+corrected (still R_S > R_T for T->S, still R_T > R_S for S->T under the new
+ranks) are retained, at most ``retain`` per user (the largest remaining gaps),
+and distilled again next to the new sample (which is drawn from the other
+items). ``gamma_ts`` and ``gamma_st`` weight the two directions (they take
+the role of BD's lambdas). See docs/distillation.md, "BD and iBD".
+
+The teacher's own validation selects its best epoch (its metrics are recorded
+in the epoch's history as ``teacher_valid``); at the end it is tested
+(``teacher_test`` in results.json) and saved as ``teacher.pt``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..io import atomic_open
+from ..models import Recommender, build_model, save_model
+from ..models.base import SCORE_ALL_BUDGET
+from ..ops import rank_positions, weighted_sample
+from .base import Distillation, MethodOptions, evaluation_mode
+
+if TYPE_CHECKING:
+    from ..trainer import Batch, Trainer
+
+__all__ = ["BD", "BDOptions", "IBD", "IBDOptions", "DIRECTIONS", "TEACHER_MODEL", "bd_weights", "retain_uncorrected",
+           "sample_discrepancies", "soft_label_bce"]
+
+TEACHER_MODEL = "teacher.pt"
+TEACHER_TEST_PER_USER = "teacher_test_per_user.npz"
+# "ts": teacher -> student (the student learns); "st": student -> teacher.
+DIRECTIONS = ("ts", "st")
+TEACHER_INITS = ("trained", "fresh")
+
+
+@dataclass
+class BidirectionalOptions(MethodOptions):
+    """What BD and iBD share. ``teacher_init="fresh"`` re-initialises the
+    teacher (its architecture from ``--teacher``, dimension ``teacher_dim``
+    if > 0) so that both models train from scratch; ``"trained"`` continues
+    from the given teacher. ``diagnose_every`` is not used: every round logs
+    its own numbers (mean gap of the sampled items, corrected share)."""
+
+    temperature: float = 5.0
+    eps: float = 1e-4  # S->T sampler (the teacher's)
+    eps_t: float = 1e-2  # T->S sampler (the student's)
+    samples: int = 20  # new items per user, direction and round
+    update_every: int = 10  # epochs per sampling round
+    teacher_init: str = "trained"
+    teacher_dim: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("temperature", "eps", "eps_t"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+        for name in ("samples", "update_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
+        if self.teacher_init not in TEACHER_INITS:
+            raise ConfigError(f"option teacher_init must be one of {', '.join(TEACHER_INITS)}, "
+                              f"got {self.teacher_init!r}")
+
+
+@dataclass
+class BDOptions(BidirectionalOptions):
+    lambda_ts: float = 0.5  # weight of the student's distillation loss
+    lambda_st: float = 0.5  # weight of the teacher's
+
+
+@dataclass
+class IBDOptions(BidirectionalOptions):
+    gamma_ts: float = 0.5  # weight of T->S (the student learns), in {0.1, 0.5, 0.9}
+    gamma_st: float = 0.5  # weight of S->T (the teacher learns)
+    retain: int = 20  # at most this many uncorrected items kept per user and direction (0: plain BD)
+
+
+# --------------------------------------------------------------- sampling
+
+def bd_weights(student_rank: torch.Tensor, teacher_rank: torch.Tensor, *, direction: str,
+               eps: float) -> torch.Tensor:
+    """BD's sampling weights (float32, same shape as the ranks; 0 = top).
+
+    ``"ts"`` (the student's sample): ``tanh(max(eps (R_S - R_T), 0))``, zero
+    where the student ranks the item at least as high as the teacher.
+    ``"st"`` (the teacher's sample): ``exp(eps (R_T - R_S))``, scaled per row
+    by its maximum (the distribution is unchanged, the values stay finite)."""
+    gap = (student_rank - teacher_rank).float()
+    if direction == "ts":
+        return torch.tanh((eps * gap).clamp_min_(0.0))
+    if direction == "st":
+        logits = -eps * gap
+        return torch.exp(logits - logits.amax(dim=1, keepdim=True))
+    raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def sample_discrepancies(student_rank: torch.Tensor, teacher_rank: torch.Tensor, k: int, *, direction: str,
+                         eps: float, excluded: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[B, k]`` columns per row drawn without replacement by ``bd_weights``
+    (ranks of every column, ``[B, N]``), never an ``excluded`` one (bool
+    ``[B, N]``: observed or already retained); -1 padded where fewer than
+    ``k`` columns have a positive weight."""
+    weights = bd_weights(student_rank, teacher_rank, direction=direction, eps=eps)
+    if excluded is not None:
+        weights.masked_fill_(excluded, 0.0)
+    return weighted_sample(weights, min(k, weights.shape[1]), generator=generator, sorted=True)
+
+
+def direction_gap(student_rank: torch.Tensor, teacher_rank: torch.Tensor, direction: str) -> torch.Tensor:
+    """The discrepancy in ``direction``: R_S - R_T for ``"ts"``, R_T - R_S for ``"st"``."""
+    return student_rank - teacher_rank if direction == "ts" else teacher_rank - student_rank
+
+
+def retain_uncorrected(previous: torch.Tensor, student_rank: torch.Tensor, teacher_rank: torch.Tensor, k: int, *,
+                       direction: str) -> torch.Tensor:
+    """iBD's feedback: of each row's ``previous`` columns (``[B, M]``, -1
+    padded), those whose ``direction`` gap under the current ranks (``[B, N]``)
+    is still positive, at most ``k`` per row (the largest gaps, largest
+    first), -1 padded to ``[B, min(k, M)]``."""
+    k = min(k, previous.shape[1])
+    if k == 0:
+        return previous.new_empty((previous.shape[0], 0))
+    cols = previous.clamp_min(0)
+    gap = direction_gap(student_rank.gather(1, cols), teacher_rank.gather(1, cols), direction)
+    gap = gap.masked_fill((previous < 0) | (gap <= 0), -1)
+    values, order = gap.topk(k, dim=1)
+    return previous.gather(1, order).masked_fill_(values <= 0, -1)
+
+
+def soft_label_bce(logits: torch.Tensor, target_scores: torch.Tensor, mask: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """Binary cross-entropy of ``logits / T`` to the soft labels
+    ``p = sigmoid(target_scores / T)``, averaged over the ``mask``ed entries,
+    less the labels' own entropy ``H(p)``: the value is the binary KL
+    divergence (0 at a perfect match, so that its fall shows), the gradient
+    that of the cross-entropy (``H(p)`` does not depend on ``logits``)."""
+    targets = torch.sigmoid(target_scores / temperature)
+    losses = F.binary_cross_entropy_with_logits(logits / temperature, targets, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(target_scores / temperature, targets, reduction="none")
+    count = mask.sum()
+    return ((losses - entropy) * mask).sum() / count.clamp_min(1)
+
+
+def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Column lists side by side, -1 padding moved to the end of each row."""
+    joined = torch.cat(parts, dim=1)
+    order = (joined < 0).to(torch.int8).argsort(dim=1, stable=True)
+    return joined.gather(1, order)
+
+
+# --------------------------------------------------------------- the methods
+
+class BD(Distillation):
+    """Bidirectional distillation: the student learns the teacher's soft labels
+    on the items the teacher ranks much higher, the teacher the student's on
+    the items the student ranks higher; both models train."""
+
+    name = "bd"
+    Options: ClassVar[type[MethodOptions]] = BDOptions
+    trains_teacher = True
+    needs_rankings = False
+
+    def __init__(self, teacher: Recommender | None, rankings=None, options: MethodOptions | None = None) -> None:
+        if teacher is None:
+            raise ConfigError(f"method {self.name!r} needs a teacher (--teacher)")
+        # A copy: the teacher trains here, and the caller's (shared by the
+        # runs of a comparison) must stay as it was.
+        teacher = copy.deepcopy(teacher)
+        super().__init__(teacher, rankings, options)
+        self.teacher.requires_grad_(True)
+        self.teacher.train()
+        # Per direction: this round's new items and the retained ones
+        # (iBD), [n_users, *] -1 padded.
+        self.sets: dict[str, dict[str, torch.Tensor]] = {}
+        self.teacher_best: dict[str, Any] | None = None
+        self._indptr = self._indices = None
+
+    # ---- options read the same way by BD and iBD
+    def direction_weights(self) -> dict[str, float]:
+        return {"ts": self.options.lambda_ts, "st": self.options.lambda_st}
+
+    def retain_limit(self) -> int:
+        return 0
+
+    # ---- lifecycle
+    def on_train_start(self, trainer: "Trainer") -> None:
+        split, device, o = trainer.split, trainer.device, self.options
+        if (self.teacher.n_users, self.teacher.n_items) != (split.n_users, split.n_items):
+            raise ConfigError(f"the teacher is for {self.teacher.n_users} users x {self.teacher.n_items} items, "
+                              f"the split has {split.n_users} x {split.n_items}")
+        if o.teacher_init == "fresh":
+            self.teacher = self._fresh_teacher(trainer)
+        elif o.teacher_dim and o.teacher_dim != self.teacher.dim:
+            raise ConfigError(f"option teacher_dim={o.teacher_dim} needs teacher_init=fresh "
+                              f"(the given teacher has dim {self.teacher.dim})")
+        self.teacher.to(device).requires_grad_(True).train()
+        indptr, indices = split.train.to_csr("user")
+        self._indptr = torch.as_tensor(indptr, device=device)
+        self._indices = torch.as_tensor(indices, device=device)
+        empty = torch.empty((split.n_users, 0), dtype=torch.int64, device=device)
+        self.sets = {d: {"new": empty, "retained": empty} for d in DIRECTIONS}
+
+    def _fresh_teacher(self, trainer: "Trainer") -> Recommender:
+        config = {**self.teacher.config(), "dim": self.options.teacher_dim or self.teacher.dim}
+        csr = tuple(torch.as_tensor(a) for a in trainer.split.train.to_csr())
+        with torch.random.fork_rng(devices=[]):  # its own seed; the global generator is left as it was
+            torch.manual_seed(trainer.config.seed + 1)
+            return build_model(config, train=csr)
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        return self.teacher.parameters()
+
+    def refresh(self, trainer: "Trainer", epoch: int) -> None:
+        self._log = {}
+        self._batch_index = 0
+        if self.options.rows == "spread":
+            n_batches = -(-len(trainer.train_users) // trainer.config.batch_size)
+            self._spread = {"user": torch.randperm(trainer.split.n_users, generator=trainer.generator,
+                                                   device=trainer.device).tensor_split(n_batches)}
+        if epoch % self.options.update_every == 0:
+            self.resample(trainer, epoch)
+
+    def _blocks(self, n_users: int, n_items: int) -> Iterable[tuple[int, int]]:
+        # About a quarter of the budget per [block, n_items] matrix: two
+        # score, two rank and one weight matrix live at once.
+        block = max(1, SCORE_ALL_BUDGET // (4 * n_items))
+        for start in range(0, n_users, block):
+            yield start, min(start + block, n_users)
+
+    @torch.no_grad()
+    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+        """One sampling round: both models' catalogue ranks, block by block of
+        users, iBD's retained items, then the new samples."""
+        o, device = self.options, trainer.device
+        student, teacher = trainer.model, self.teacher
+        n_users, n_items = trainer.split.n_users, trainer.split.n_items
+        limit = self.retain_limit()
+        out = {d: {"new": [], "retained": []} for d in DIRECTIONS}
+        stats = {f"{d}_{key}": 0.0 for d in DIRECTIONS for key in ("gap", "drawn", "previous", "kept")}
+        with evaluation_mode(student), evaluation_mode(teacher):
+            for start, stop in self._blocks(n_users, n_items):
+                rows = torch.arange(start, stop, device=device)
+                lo, hi = self._indptr[start], self._indptr[stop]
+                exclude = (self._indptr[start:stop + 1] - lo, self._indices[lo:hi])
+                student_rank = rank_positions(student.score_all(rows).float(), exclude=exclude)
+                teacher_rank = rank_positions(teacher.score_all(rows).float(), exclude=exclude)
+                observed = torch.zeros((stop - start, n_items), dtype=torch.bool, device=device)
+                local = torch.repeat_interleave(torch.arange(stop - start, device=device), exclude[0].diff())
+                observed[local, exclude[1]] = True
+                for d in DIRECTIONS:
+                    previous = torch.cat([self.sets[d]["new"][start:stop], self.sets[d]["retained"][start:stop]], 1)
+                    kept = retain_uncorrected(previous, student_rank, teacher_rank, limit, direction=d)
+                    excluded = observed.clone()
+                    listed = kept >= 0
+                    excluded[torch.nonzero(listed, as_tuple=True)[0], kept[listed]] = True
+                    eps = o.eps_t if d == "ts" else o.eps
+                    new = sample_discrepancies(student_rank, teacher_rank, o.samples, direction=d, eps=eps,
+                                               excluded=excluded, generator=trainer.generator)
+                    out[d]["new"].append(new)
+                    out[d]["retained"].append(kept)
+                    drawn = new >= 0
+                    gap = direction_gap(student_rank.gather(1, new.clamp_min(0)),
+                                        teacher_rank.gather(1, new.clamp_min(0)), d)
+                    stats[f"{d}_gap"] += float(gap[drawn].float().sum())
+                    stats[f"{d}_drawn"] += float(drawn.sum())
+                    stats[f"{d}_previous"] += float((previous >= 0).sum())
+                    stats[f"{d}_kept"] += float(listed.sum())
+        for d in DIRECTIONS:
+            self.sets[d] = {key: torch.cat(parts) for key, parts in out[d].items()}
+            # Mean gap (in ranks) of the new items; items per user; for iBD the
+            # share of the previous round's items whose discrepancy remained.
+            self._log[f"{d}_sampled_gap"] = stats[f"{d}_gap"] / max(stats[f"{d}_drawn"], 1.0)
+            self._log[f"{d}_sampled_per_user"] = stats[f"{d}_drawn"] / n_users
+            if limit and stats[f"{d}_previous"]:
+                self._log[f"{d}_uncorrected_share"] = stats[f"{d}_kept"] / stats[f"{d}_previous"]
+                self._log[f"{d}_retained_per_user"] = stats[f"{d}_kept"] / n_users
+        return {}
+
+    def distilled(self, direction: str) -> torch.Tensor:
+        """``[n_users, *]`` the items each user distils in ``direction`` now
+        (new, then retained; -1 padding last)."""
+        parts = self.sets[direction]
+        return _pad_cat([parts["new"], parts["retained"]]) if parts["retained"].shape[1] else parts["new"]
+
+    def _rows(self, batch: "Batch") -> torch.Tensor:
+        if self.options.rows == "batch":
+            return torch.unique(batch.users)
+        return self._spread["user"][self._batch_index]
+
+    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+        teacher, temperature = self.teacher, self.options.temperature
+        rows = self._rows(batch)
+        out = {"teacher_loss": teacher.loss(batch.users, batch.pos_items, batch.neg_items)}
+        weights = self.direction_weights()
+        for d, learner, guide, name in (("ts", model, teacher, "bd_ts"), ("st", teacher, model, "bd_st")):
+            if weights[d] <= 0:
+                continue
+            cols = self.distilled(d)[rows]
+            mask = cols >= 0
+            cols = cols.clamp_min(0)
+            logits = learner.score_items(rows, cols)
+            with evaluation_mode(guide):  # the other model's prediction, without gradient or training noise
+                targets = guide.score_items(rows, cols)
+            out[name] = weights[d] * soft_label_bce(logits, targets, mask, temperature)
+        return out
+
+    # ---- the teacher's validation, test and file
+    def on_validate(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
+        valid = trainer.evaluator.evaluate(self.teacher, "valid").means()
+        record["teacher_valid"] = valid
+        metric = trainer.config.metric
+        if self.teacher_best is None or valid[metric] > self.teacher_best["valid"][metric]:
+            self.teacher_best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(self.teacher.state_dict())}
+
+    def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
+        best = self.teacher_best
+        if best is None:
+            return {}
+        self.teacher.load_state_dict(best["state"])
+        result = trainer.evaluator.evaluate(self.teacher, "test")
+        summary = {"teacher_best_epoch": best["epoch"], "teacher_valid": best["valid"], "teacher_test": result.means(),
+                   "teacher_model_config": self.teacher.config(),
+                   "teacher_num_parameters": self.teacher.num_parameters()}
+        if trainer.out_dir is not None:
+            save_model(trainer.out_dir / TEACHER_MODEL, self.teacher, role="teacher", method=self.name,
+                       split_seed=trainer.split.seed, data_fingerprint=trainer.split.data_fingerprint,
+                       best_epoch=best["epoch"], valid=best["valid"], test=result.means())
+            with atomic_open(trainer.out_dir / TEACHER_TEST_PER_USER, "wb") as f:
+                np.savez(f, users=result.users, ranks=result.ranks,
+                         **{k.replace("@", "_at_"): v for k, v in result.per_user.items()})
+        return summary
+
+    # ---- exact resume: the teacher, its best so far and the current samples
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict(), "sets": self.sets, "teacher_best": self.teacher_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.sets = {d: dict(parts) for d, parts in state["sets"].items()}
+        self.teacher_best = state["teacher_best"]
+
+
+class IBD(BD):
+    """BD with feedback: uncorrected items of earlier rounds are distilled
+    again (``retain``); ``gamma_ts``, ``gamma_st`` weight the directions."""
+
+    name = "ibd"
+    Options = IBDOptions
+
+    def direction_weights(self) -> dict[str, float]:
+        return {"ts": self.options.gamma_ts, "st": self.options.gamma_st}
+
+    def retain_limit(self) -> int:
+        return self.options.retain

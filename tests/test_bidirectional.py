@@ -1,0 +1,306 @@
+"""BD and iBD: the rank-discrepancy samplers, the teacher that trains (and
+the ones that do not), iBD's retained set, falling losses, the teacher's
+outputs, exact resume of both models, and the command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rankdistill.cli import main
+from rankdistill.data import synthetic
+from rankdistill.errors import ConfigError
+from rankdistill.methods import build_method, compute_rankings
+from rankdistill.methods.bd import (TEACHER_MODEL, bd_weights, retain_uncorrected, sample_discrepancies,
+                                    soft_label_bce)
+from rankdistill.models import build_model, load_model
+from rankdistill.split import leave_one_out
+from rankdistill.trainer import TrainConfig, Trainer, seed_everything
+
+
+@pytest.fixture(scope="module")
+def split():
+    data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
+    return leave_one_out(data, seed=0, n_candidates=40)
+
+
+def csr_of(split):
+    return tuple(torch.as_tensor(a) for a in split.train.to_csr())
+
+
+def new_model(split, dim, seed=0, name="bpr"):
+    seed_everything(seed)
+    return build_model({"model": name, "n_users": split.n_users, "n_items": split.n_items, "dim": dim},
+                       train=csr_of(split))
+
+
+@pytest.fixture(scope="module")
+def teacher(split):
+    model = new_model(split, 16, seed=5)
+    Trainer(model, split, TrainConfig(epochs=5, batch_size=128, lr=2e-2, patience=100, progress=False)).fit()
+    return model.eval()
+
+
+def config(**overrides):
+    return TrainConfig(**{"epochs": 4, "batch_size": 256, "lr": 1e-2, "patience": 100, "progress": False,
+                          **overrides})
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def strip(history):
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
+
+
+# ---------------------------------------------------------------- samplers
+
+# One row, eight columns; column 7 is excluded (observed).
+STUDENT = torch.tensor([[0, 500, 2, 900, 4, 1, 6, 800]])
+TEACHER = torch.tensor([[3, 1, 2, 0, 5, 6, 7, 4]])
+# R_S - R_T: -3, 499, 0, 900, -1, -5, -1, 796 -> the teacher ranks 1 and 3 (and the excluded 7) higher;
+# the student ranks 0, 4, 5, 6 higher.
+
+
+def test_weights_follow_the_papers_formulas():
+    ts = bd_weights(STUDENT, TEACHER, direction="ts", eps=1e-2)
+    gap = (STUDENT - TEACHER).float()
+    assert torch.allclose(ts, torch.tanh(torch.clamp(1e-2 * gap, min=0)))
+    st = bd_weights(STUDENT, TEACHER, direction="st", eps=1e-3)
+    expected = torch.exp(1e-3 * (TEACHER - STUDENT).float())
+    assert torch.allclose(st / st.sum(), expected / expected.sum())
+    huge = bd_weights(STUDENT * 10**6, TEACHER, direction="st", eps=1.0)  # exp would overflow unscaled
+    assert torch.isfinite(huge).all() and huge.max() == 1
+
+
+def test_student_sampler_picks_only_items_the_teacher_ranks_higher():
+    excluded = torch.zeros(1, 8, dtype=torch.bool)
+    excluded[0, 7] = True
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        drawn = sample_discrepancies(STUDENT, TEACHER, 4, direction="ts", eps=1e-2, excluded=excluded,
+                                     generator=generator)
+        # only 1 and 3 have a positive weight (7 is excluded): the rest is padding
+        assert drawn.tolist() == [[1, 3, -1, -1]]
+
+
+def test_teacher_sampler_prefers_items_the_student_ranks_higher():
+    # One draw per row from many rows: frequencies ∝ exp(eps (R_T - R_S)), the excluded column never.
+    rows = 20000
+    student, teacher = STUDENT.expand(rows, -1).contiguous(), TEACHER.expand(rows, -1).contiguous()
+    excluded = torch.zeros(rows, 8, dtype=torch.bool)
+    excluded[:, 7] = True
+    eps = 2e-3
+    drawn = sample_discrepancies(student, teacher, 1, direction="st", eps=eps, excluded=excluded,
+                                 generator=torch.Generator().manual_seed(1))[:, 0]
+    counts = torch.bincount(drawn, minlength=8).float() / rows
+    weights = torch.exp(eps * (TEACHER - STUDENT).float())[0]
+    weights[7] = 0
+    expected = weights / weights.sum()
+    assert counts[7] == 0
+    assert torch.all((counts - expected).abs() < 5 * torch.sqrt(expected * (1 - expected) / rows) + 1e-3)
+    # the student ranks 0, 4, 5, 6 higher than the teacher: each is drawn more often than 1 and 3
+    assert counts[[0, 4, 5, 6]].min() > counts[[1, 3]].max()
+
+
+def test_soft_label_loss_is_zero_at_a_match_and_has_the_cross_entropy_gradient():
+    scores = torch.tensor([[1.0, -2.0, 3.0]])
+    mask = torch.tensor([[True, True, False]])
+    assert float(soft_label_bce(scores, scores, mask, 5.0)) == pytest.approx(0.0, abs=1e-7)
+    logits = torch.zeros(1, 3, requires_grad=True)
+    soft_label_bce(logits, scores, mask, 5.0).backward()
+    expected = (torch.sigmoid(logits.detach() / 5) - torch.sigmoid(scores / 5)) / 5 / 2 * mask
+    assert torch.allclose(logits.grad, expected)
+
+
+# ---------------------------------------------------------------- iBD's retained set
+
+def test_retained_are_the_still_uncorrected_items_largest_gap_first():
+    previous = torch.tensor([[1, 3, 7, 0, -1], [-1, -1, -1, -1, -1]])
+    student = torch.cat([STUDENT, STUDENT])
+    teacher = torch.cat([TEACHER, TEACHER])
+    # T->S gaps of 1, 3, 7, 0: 499, 900, 796, -3 -> 0 is corrected; the rest by gap
+    assert retain_uncorrected(previous, student, teacher, 5, direction="ts").tolist() == \
+        [[3, 7, 1, -1, -1], [-1] * 5]
+    assert retain_uncorrected(previous, student, teacher, 2, direction="ts").tolist() == [[3, 7], [-1, -1]]
+    # S->T: only 0 (the student ranks it higher) is still uncorrected
+    assert retain_uncorrected(previous, student, teacher, 3, direction="st").tolist() == [[0, -1, -1], [-1] * 3]
+    assert retain_uncorrected(previous, student, teacher, 0, direction="st").shape == (2, 0)
+
+
+def started(split, teacher, name, seed=0, **options):
+    """A method after on_train_start, with its trainer."""
+    method = build_method(name, teacher, None, options)
+    trainer = Trainer(new_model(split, 4), split, config(seed=seed), method=method)
+    method.on_train_start(trainer)
+    return method, trainer
+
+
+def test_ibd_round_keeps_uncorrected_items_apart_from_the_new_sample(split, teacher):
+    method, trainer = started(split, teacher, "ibd", samples=6, retain=4)
+    method.refresh(trainer, 0)
+    first = {d: method.distilled(d).clone() for d in ("ts", "st")}
+    assert method.sets["ts"]["retained"].shape[1] == 0  # nothing to retain in the first round
+    with torch.no_grad():  # move the models so that some discrepancies are corrected and others not
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method.refresh(trainer, 10)
+    observed = method.sets["ts"]["new"].new_zeros((split.n_users, split.n_items), dtype=torch.bool)
+    observed[torch.as_tensor(split.train.users), torch.as_tensor(split.train.items)] = True
+    with torch.no_grad():
+        student_rank = _ranks(trainer.model, split)
+        teacher_rank = _ranks(method.teacher, split)
+    for d in ("ts", "st"):
+        new, kept = method.sets[d]["new"], method.sets[d]["retained"]
+        assert kept.shape[1] == 4
+        assert (kept >= 0).any()
+        expected = retain_uncorrected(first[d], student_rank, teacher_rank, 4, direction=d)
+        assert torch.equal(kept, expected)
+        for u in range(split.n_users):
+            kept_u = {int(c) for c in kept[u] if c >= 0}
+            new_u = {int(c) for c in new[u] if c >= 0}
+            assert kept_u <= {int(c) for c in first[d][u] if c >= 0}  # from the previous round's set
+            assert not kept_u & new_u  # the new sample is drawn from the other items
+            assert not observed[u, list(kept_u | new_u)].any()
+        # the distilled list is new then retained, padding last
+        both = method.distilled(d)
+        assert torch.equal((both >= 0).sum(1), (new >= 0).sum(1) + (kept >= 0).sum(1))
+
+
+def _ranks(model, split):
+    """Full ranks of every item per user, training items excluded (plain PyTorch)."""
+    scores = model.score_all(torch.arange(split.n_users)).float()
+    scores[torch.as_tensor(split.train.users), torch.as_tensor(split.train.items)] = -torch.inf
+    order = scores.sort(dim=1, descending=True, stable=True).indices
+    return order.argsort(dim=1)
+
+
+def test_ibd_without_retention_and_with_bds_weights_is_bd(split, teacher):
+    bd = Trainer(new_model(split, 4), split, config(epochs=3),
+                 method=build_method("bd", teacher, None, {"update_every": 1})).fit()
+    ibd = Trainer(new_model(split, 4), split, config(epochs=3),
+                  method=build_method("ibd", teacher, None, {"update_every": 1, "retain": 0})).fit()
+    assert strip(bd.history) == strip(ibd.history)
+
+
+# ---------------------------------------------------------------- training
+
+def test_teacher_trains_under_bd_and_stays_frozen_under_unidirectional_methods(split, teacher):
+    rankings = compute_rankings(teacher, split, 20)
+    before = params(teacher)
+    for name in ("rrd", "dcd"):
+        method = build_method(name, teacher, rankings)
+        Trainer(new_model(split, 4), split, config(epochs=2), method=method).fit()
+        assert all(torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))
+        assert not any(p.requires_grad for p in method.teacher.parameters())
+    for name in ("bd", "ibd"):
+        method = build_method(name, teacher, rankings)
+        Trainer(new_model(split, 4), split, config(epochs=2), method=method).fit()
+        assert all(p.requires_grad for p in method.teacher.parameters())
+        assert all(not torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))
+    # the caller's teacher (shared by the runs of a comparison) is untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+
+
+@pytest.mark.parametrize("name", ["bd", "ibd"])
+def test_bidirectional_losses_fall(split, teacher, name):
+    # Samples fixed after the first round: a fixed target each model must learn;
+    # the distillation weighted up so that it leads (at T=5 and weight 0.5 the
+    # base losses pull the two models apart faster on this tiny set).
+    weights = {"lambda_ts": 20.0, "lambda_st": 20.0} if name == "bd" else {"gamma_ts": 20.0, "gamma_st": 20.0}
+    method = build_method(name, teacher, None, {"update_every": 100, "temperature": 1.0, **weights})
+    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2), method=method).fit()
+    assert {"loss", "teacher_loss", "bd_ts", "bd_st"} <= set(result.history[0])
+    for term in ("bd_ts", "bd_st"):
+        values = np.array([r[term] for r in result.history])
+        assert values[-1] < 0.7 * values[0] and np.sum(np.diff(values) < 0) >= 4, (term, values)
+
+
+@pytest.mark.parametrize("model", ["neumf", "cdae"])
+def test_bd_runs_with_other_models(split, model, tmp_path):
+    teacher = new_model(split, 8, seed=3, name=model)
+    result = Trainer(new_model(split, 4, name=model), split, config(epochs=2),
+                     method=build_method("ibd", teacher, None, {"update_every": 1}), out_dir=tmp_path).fit()
+    assert {"teacher_loss", "bd_ts", "bd_st", "ts_uncorrected_share"} <= set(result.history[1])
+    assert set(result.extra["teacher_test"]) == set(result.test)
+
+
+def test_teacher_is_selected_tested_and_saved(split, teacher, tmp_path):
+    method = build_method("bd", teacher, None, {"update_every": 2})
+    result = Trainer(new_model(split, 4), split, config(epochs=4), method=method, out_dir=tmp_path).fit()
+    valid = [r["teacher_valid"]["H@5"] for r in result.history]
+    best = result.extra["teacher_best_epoch"]
+    assert valid[best] == max(valid) and valid.index(max(valid)) == best
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["teacher_test"] == result.extra["teacher_test"]
+    assert results["teacher_model_config"]["dim"] == 16
+    saved, info = load_model(tmp_path / TEACHER_MODEL, train=csr_of(split))
+    assert info["role"] == "teacher" and info["split_seed"] == split.seed
+    assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), method.teacher.parameters()))
+    assert (tmp_path / "teacher_test_per_user.npz").exists()
+
+
+def test_fresh_teacher_is_a_new_model_of_the_given_kind(split, teacher):
+    method, _ = started(split, teacher, "bd", teacher_init="fresh", teacher_dim=12)
+    assert method.teacher.dim == 12 and method.teacher.name == teacher.name
+    again, _ = started(split, teacher, "bd", teacher_init="fresh", teacher_dim=12)
+    assert all(torch.equal(a, b) for a, b in zip(method.teacher.parameters(), again.teacher.parameters()))
+    with pytest.raises(ConfigError, match="teacher_init=fresh"):
+        started(split, teacher, "bd", teacher_dim=12)
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        build_method("bd", None, None)
+
+
+# ---------------------------------------------------------------- resume
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["bd", "ibd"])
+def test_resume_is_exact_for_both_models(split, teacher, tmp_path, name):
+    options = {"update_every": 2, "rows": "spread", "samples": 8}
+    whole = Trainer(new_model(split, 4), split, config(epochs=5), method=build_method(name, teacher, None, options),
+                    out_dir=tmp_path / "whole").fit()
+
+    method = build_method(name, teacher, None, options)
+    original = method.refresh
+
+    def refresh(trainer, epoch):
+        if epoch == 3:  # after the round of epoch 2, before the next one
+            raise Crash
+        original(trainer, epoch)
+    method.refresh = refresh
+    with pytest.raises(Crash):
+        Trainer(new_model(split, 4), split, config(epochs=5), method=method, out_dir=tmp_path / "cut").fit()
+    torch.manual_seed(999)
+    other = new_model(split, 16, seed=7)  # another teacher and student: the checkpoint must win
+    resumed = Trainer(new_model(split, 4, seed=8), split, config(epochs=5),
+                      method=build_method(name, other, None, options), out_dir=tmp_path / "cut").fit(resume=True)
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.test == whole.test and resumed.extra["teacher_test"] == whole.extra["teacher_test"]
+    csr = csr_of(split)
+    for file in ("best.pt", TEACHER_MODEL):
+        a, _ = load_model(tmp_path / "whole" / file, train=csr)
+        b, _ = load_model(tmp_path / "cut" / file, train=csr)
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters())), file
+
+
+# ---------------------------------------------------------------- command line
+
+def test_cli_distill_bd(tmp_path, capsys):
+    data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
+    path = tmp_path / "ratings.tsv"
+    path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
+    teacher_dir = tmp_path / "teacher"
+    common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
+    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(teacher_dir), *common]) == 0
+    out = tmp_path / "bd"
+    assert main(["distill", "--method", "bd", "--teacher", str(teacher_dir / "best.pt"), "--dim", "4",
+                 "--top", "10", "--out", str(out), "-o", "bd:update_every=1", "--protocol", "full", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "bd teacher" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "bd" and "teacher_test" in results and (out / TEACHER_MODEL).exists()
