@@ -371,8 +371,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     row, result = _distill_run(args, args.method, args.seed, out, split, teacher, rankings)
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
           f"({result.best_epoch + 1}):")
-    print(format_table([row], _cutoffs_for(args)))
-    print(f"saved: {out / 'best.pt'}, {out / 'results.json'}")
+    rows = [row]
+    if "teacher_test" in result.extra:  # BD, iBD: the teacher trained too (its own best validation epoch)
+        rows.append(Row(f"{args.method} teacher", result.extra["teacher_test"], result.extra["teacher_num_parameters"]))
+    print(format_table(rows, _cutoffs_for(args)))
+    print(f"saved: {out / 'best.pt'}, {out / 'results.json'}" + (", teacher.pt" if len(rows) > 1 else ""))
     return 0
 
 

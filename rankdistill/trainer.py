@@ -123,6 +123,10 @@ class Method:
     numbers (diagnostics) to record in the epoch's history entry;
     ``parameters`` are trained by the same optimizer; ``state_dict`` must
     capture whatever the later epochs depend on, for an exact resume.
+    ``on_validate`` runs after each validation of the model (it may add
+    entries to the epoch's record); ``on_train_end`` runs once the best
+    model is tested and returns entries for ``results.json`` (a method that
+    trains a second model, BD, tests and saves it there).
     Randomness should come from ``trainer.generator`` (checkpointed).
     """
 
@@ -139,6 +143,12 @@ class Method:
         return {}
 
     def epoch_log(self) -> dict[str, float]:
+        return {}
+
+    def on_validate(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
         return {}
 
     def parameters(self) -> Iterable[torch.nn.Parameter]:
@@ -160,6 +170,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(repr=False)
     stopped_early: bool
     seconds_per_epoch: float  # training pass only, median over the epochs run (robust to a busy machine)
+    refresh_seconds_per_epoch: float  # the method's refreshes, averaged over all epochs
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # the method's on_train_end entries
 
 
 class Trainer:
@@ -215,8 +227,11 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> None:
         config = self.config
+        refresh_seconds = None
         if epoch % self.method.refresh_every == 0:
+            start = time.perf_counter()
             self.method.refresh(self, epoch)
+            refresh_seconds = time.perf_counter() - start
         self.model.train()
         start = time.perf_counter()
         order = torch.randperm(len(self.train_users), generator=self.generator, device=self.device)
@@ -245,6 +260,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(totals['loss']) / (b + 1):.4f}", **self._last_valid_postfix())
         bar.close()
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start}
+        if refresh_seconds is not None:
+            record["refresh_seconds"] = refresh_seconds
         record.update({name: float(value) / n_batches for name, value in totals.items()})
         record.update(self.method.epoch_log())
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
@@ -261,6 +278,7 @@ class Trainer:
         else:
             self.bad_evals += 1
             self.stopped_early = self.bad_evals >= self.config.patience
+        self.method.on_validate(self, epoch, record)
 
     def _last_valid_postfix(self) -> dict[str, str]:
         metric = self.config.metric
@@ -270,7 +288,8 @@ class Trainer:
         return {}
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
-        terms = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch", "seconds", "valid"))
+        terms = " ".join(f"{k}={v:.4g}" for k, v in record.items()
+                         if k not in ("epoch", "valid") and not k.endswith("seconds") and isinstance(v, (int, float)))
         line = f"epoch {record['epoch'] + 1}/{self.config.epochs} {terms} ({record['seconds']:.2f}s)"
         if "valid" in record:
             line += " | valid " + " ".join(f"{k}={record['valid'][k]:.4f}" for k in metric_names(self.config.cutoffs)[:4])
@@ -290,6 +309,10 @@ class Trainer:
             history=self.history,
             stopped_early=self.stopped_early,
             seconds_per_epoch=float(np.median(seconds)) if seconds else float("nan"),
+            # a method's diagnostics are measurement, not method: not counted
+            refresh_seconds_per_epoch=float(np.mean([r.get("refresh_seconds", 0.0) - r.get("diagnostic_seconds", 0.0)
+                                                     for r in self.history])) if self.history else float("nan"),
+            extra=dict(self.method.on_train_end(self) or {}),
         )
         if self.out_dir is not None:
             self._write_outputs(result)
@@ -383,9 +406,11 @@ class Trainer:
             "epochs_run": len(result.history),
             "stopped_early": result.stopped_early,
             "seconds_per_epoch": result.seconds_per_epoch,
+            "refresh_seconds_per_epoch": result.refresh_seconds_per_epoch,
             "valid": result.valid,
             "test": result.test,
             "history": result.history,
+            **result.extra,
         }
         save_model(self.out_dir / BEST_MODEL, self.model,
                    **{k: v for k, v in summary.items() if k not in ("model_config", "history")})

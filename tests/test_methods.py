@@ -8,51 +8,33 @@ import numpy as np
 import pytest
 import torch
 
-from rankdistill.data import synthetic
 from rankdistill.errors import ConfigError
 from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
 from rankdistill.methods.base import Side
 from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
 from rankdistill.methods.rrd import sample_interesting, sample_uninteresting
 from rankdistill.methods import method_options
-from rankdistill.models import build_model, save_model
-from rankdistill.split import leave_one_out
-from rankdistill.trainer import TrainConfig, Trainer, seed_everything
+from rankdistill.models import save_model
+from rankdistill.trainer import Batch, Trainer, seed_everything
+
+from distill_setup import config, new_model, small_split, strip, trained_teacher
 
 TOP = 30
 
 
 @pytest.fixture(scope="module")
 def split():
-    data = synthetic(120, 200, n_factors=6, mean_interactions=15, min_interactions=5, seed=1)
-    return leave_one_out(data, seed=0, n_candidates=40)
-
-
-def csr_of(split):
-    return tuple(torch.as_tensor(a) for a in split.train.to_csr())
-
-
-def new_model(split, dim, seed=0, name="bpr"):
-    seed_everything(seed)
-    return build_model({"model": name, "n_users": split.n_users, "n_items": split.n_items, "dim": dim},
-                       train=csr_of(split))
+    return small_split(120, 200, seed=1)
 
 
 @pytest.fixture(scope="module")
 def teacher(split):
-    model = new_model(split, 16, seed=5)
-    Trainer(model, split, TrainConfig(epochs=8, batch_size=128, lr=2e-2, patience=100, progress=False)).fit()
-    return model.eval()
+    return trained_teacher(split)
 
 
 @pytest.fixture(scope="module")
 def rankings(teacher, split):
     return compute_rankings(teacher, split, TOP)
-
-
-def config(**overrides):
-    return TrainConfig(**{"epochs": 4, "batch_size": 256, "lr": 1e-2, "patience": 100, "progress": False,
-                          **overrides})
 
 
 def user_side(split, rankings):
@@ -196,8 +178,9 @@ EXPECTED_TERMS = {
 }
 
 
-# RD, CD, DE, DE-RRD: tests/test_methods_unidirectional.py (DE logs its temperature, which must not fall here).
-TESTED_ELSEWHERE = {"student", "rd", "cd", "de", "de-rrd"}
+# RD, CD, DE, DE-RRD: tests/test_methods_unidirectional.py (DE logs its temperature, which must not fall here);
+# BD, iBD (the teacher trains too): tests/test_bidirectional.py.
+TESTED_ELSEWHERE = {"student", "rd", "cd", "de", "de-rrd", "bd", "ibd"}
 
 
 @pytest.mark.parametrize("name", [name for name in METHODS if name not in TESTED_ELSEWHERE])
@@ -289,7 +272,6 @@ def test_dcd_resume_is_exact_between_corrections(split, teacher, rankings, tmp_p
         Trainer(new_model(split, 4), split, config(epochs=6), method=method, out_dir=tmp_path / "cut").fit()
     resumed = Trainer(new_model(split, 4, seed=7), split, config(epochs=6),
                       method=build_method("dcd", teacher, rankings, options), out_dir=tmp_path / "cut").fit(resume=True)
-    strip = lambda history: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
 
 
@@ -299,7 +281,11 @@ def test_rows_spread_distils_every_row_once_per_epoch(split, teacher, rankings):
     method.on_train_start(trainer)
     method.refresh(trainer, 0)
     n_batches = -(-len(split.train.users) // trainer.config.batch_size)
-    rows = [method.batch_rows(method.sides["user"], None) for method._batch_index in range(n_batches)]
+    batch = Batch(torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([[2], [2]]))
+    rows = []
+    for _ in range(n_batches):
+        rows.append(method.batch_rows(method.sides["user"], batch))
+        method.schedule.next_batch()
     assert torch.equal(torch.cat(rows).sort().values, torch.arange(split.n_users))
 
 

@@ -11,48 +11,34 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rankdistill.data import synthetic
 from rankdistill.errors import ConfigError
 from rankdistill.methods import build_method, compute_rankings, method_options
 from rankdistill.methods.combine import combine
 from rankdistill.methods.de import DE, Experts, annealed_temperature
 from rankdistill.methods.rd import position_weights, rd_weights, sampled_ranks
 from rankdistill.methods.rrd import RRD
-from rankdistill.models import build_model, load_model
-from rankdistill.split import leave_one_out
-from rankdistill.trainer import TrainConfig, Trainer, seed_everything
+from rankdistill.models import load_model
+from rankdistill.trainer import Trainer
 
 from conftest import DEVICES
+from distill_setup import config, new_model, small_split, strip, trained_teacher
 
 TOP = 30
 
 
 @pytest.fixture(scope="module")
 def split():
-    data = synthetic(100, 160, n_factors=6, mean_interactions=15, min_interactions=5, seed=2)
-    return leave_one_out(data, seed=0, n_candidates=40)
-
-
-def new_model(split, dim, seed=0, name="bpr"):
-    seed_everything(seed)
-    return build_model({"model": name, "n_users": split.n_users, "n_items": split.n_items, "dim": dim})
+    return small_split(100, 160, seed=2)
 
 
 @pytest.fixture(scope="module")
 def teacher(split):
-    model = new_model(split, 16, seed=5)
-    Trainer(model, split, TrainConfig(epochs=8, batch_size=128, lr=2e-2, patience=100, progress=False)).fit()
-    return model.eval()
+    return trained_teacher(split)
 
 
 @pytest.fixture(scope="module")
 def rankings(teacher, split):
     return compute_rankings(teacher, split, TOP)
-
-
-def config(**overrides):
-    return TrainConfig(**{"epochs": 4, "batch_size": 256, "lr": 1e-2, "patience": 100, "progress": False,
-                          **overrides})
 
 
 def loss_terms(record):
@@ -235,7 +221,6 @@ def test_resume_is_exact(split, teacher, rankings, tmp_path, name):
         Trainer(new_model(split, 4), split, config(epochs=5), method=method, out_dir=tmp_path / "cut").fit()
     resumed = Trainer(new_model(split, 4, seed=9), split, config(epochs=5),
                       method=build_method(name, teacher, rankings, options), out_dir=tmp_path / "cut").fit(resume=True)
-    strip = lambda history: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.test == whole.test
 

@@ -13,8 +13,12 @@ from typing import Any
 from ..errors import ConfigError
 from ..models import Recommender
 from .base import Distillation, MethodOptions
+from .bd import BD, IBD
+from .cd import CD
 from .dcd import DCD
+from .de import DE, DERRD
 from .rankings import DEFAULT_TOP, TeacherRankings, compute_rankings, load_or_compute_rankings
+from .rd import RD
 from .rrd import RRD
 
 __all__ = ["METHODS", "DEFAULT_TOP", "Distillation", "MethodSpec", "TeacherRankings", "build_method",
@@ -36,12 +40,19 @@ METHODS: dict[str, MethodSpec] = {
     "rrd+ir-rrd": MethodSpec(RRD, "RRD on the user and the item side", {"lambda_ir": 5e-4}),
     "dcd": MethodSpec(DCD, "DCD: RRD with user- and item-side discrepancy correction"),
     "dcd-no-correction": MethodSpec(DCD, "DCD w/o correction: RRD plus item-side RRD",
-                                    {"lambda_ucd": 0.0, "lambda_icd": 0.0, "lambda_ir": 1e-2}),
+                                    {"lambda_ucd": 0.0, "lambda_icd": 0.0, "lambda_ir": 1e-3}),
     "dcd-no-item": MethodSpec(DCD, "DCD w/o item-side correction", {"lambda_icd": 0.0}),
     "dcd-no-user": MethodSpec(DCD, "DCD w/o user-side correction", {"lambda_ucd": 0.0}),
     "dcd-no-sampling": MethodSpec(DCD, "DCD w/o sampling: the M largest discrepancies", {"sampling": False}),
     "dcd-code": MethodSpec(DCD, "DCD as in the authors' code: ranks within the top-C, correction every 3 epochs",
                            {"rank_scope": "candidates", "correct_every": 3}),
+    "rd": MethodSpec(RD, "RD: the teacher's top-K items as weighted extra positives"),
+    "cd": MethodSpec(CD, "CD: soft labels of the teacher on items sampled by its ranking"),
+    "de": MethodSpec(DE, "DE: experts reconstruct the teacher's representations from the student's"),
+    "de-rrd": MethodSpec(DERRD, "DE-RRD: DE and RRD together"),
+    "bd": MethodSpec(BD, "BD: teacher and student trained together, each learning the other's soft labels "
+                         "on rank-discrepancy samples"),
+    "ibd": MethodSpec(IBD, "iBD: BD plus feedback, uncorrected items of earlier rounds distilled again"),
 }
 
 
@@ -57,7 +68,7 @@ def build_method(name: str, teacher: Recommender | None, rankings: TeacherRankin
                  overrides: dict[str, Any] | None = None) -> Distillation:
     spec = METHODS.get(name)
     options = method_options(name, overrides)
-    if spec.cls is not Distillation and rankings is None:
+    if spec.cls is not Distillation and rankings is None and spec.cls.needs_rankings:
         raise ConfigError(f"method {name!r} needs a teacher (--teacher)")
     method = spec.cls(teacher, rankings, options)
     method.name = name

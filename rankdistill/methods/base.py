@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 from ..trainer import Method
 
-__all__ = ["SIDES", "Distillation", "MethodOptions", "Side", "evaluation_mode", "listwise_losses"]
+__all__ = ["SIDES", "Distillation", "MethodOptions", "RowSchedule", "Side", "evaluation_mode", "listwise_losses"]
 
 SIDES = ("user", "item")
 # Ranks of the teacher's top entries that the diagnostic averages over (DCD Figure 1a).
@@ -82,10 +83,6 @@ class Side:
         return ObservedItems(torch.cat([self.observed_rows, rows[:, None].expand_as(self.top)[listed]]),
                              torch.cat([self.indices, self.top[listed]]), self.n_rows, self.n_cols, self.device)
 
-    def batch_rows(self, batch: "Batch") -> torch.Tensor:
-        """The distinct rows of this side in a training batch."""
-        return torch.unique(batch.users if self.name == "user" else batch.pos_items)
-
     def scores(self, model: Recommender, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``[R, M]`` scores of row ``rows[r]`` against columns ``cols[r, :]``
         (-1 padding scores as column 0: mask it)."""
@@ -124,6 +121,41 @@ class Side:
         return out
 
 
+class RowSchedule:
+    """Which rows of each side a training batch distils (``MethodOptions.rows``).
+
+    ``spread`` draws each side's permutation from ``trainer.generator`` the
+    first time a batch asks for that side, so a method that distils nothing
+    (the plain student) draws nothing and trains exactly like ``Method()``.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.index = 0  # the batch within the epoch
+        self._generator: torch.Generator | None = None
+        self._n_batches = 1
+        self._permutations: dict[str, list[torch.Tensor]] = {}
+
+    def start_epoch(self, trainer: "Trainer") -> None:
+        self.index = 0
+        self._generator = trainer.generator
+        self._n_batches = -(-len(trainer.train_users) // trainer.config.batch_size)
+        self._permutations = {}
+
+    def next_batch(self) -> None:
+        self.index += 1
+
+    def rows(self, side: str, n_rows: int, batch_ids: torch.Tensor) -> torch.Tensor:
+        """``batch``: the distinct ``batch_ids`` (the batch's users or positive
+        items); ``spread``: this batch's share of a shuffled ``range(n_rows)``."""
+        if self.mode == "batch":
+            return torch.unique(batch_ids)
+        if side not in self._permutations:
+            order = torch.randperm(n_rows, generator=self._generator, device=batch_ids.device)
+            self._permutations[side] = order.tensor_split(self._n_batches)
+        return self._permutations[side][self.index]
+
+
 def listwise_losses(model: Recommender, side: Side, rows: torch.Tensor,
                     lists: list[tuple[torch.Tensor, torch.Tensor]], reduction: str) -> list[torch.Tensor]:
     """Relaxed ListMLE of the model's scores for each ``(ranked, tail)`` pair
@@ -143,17 +175,17 @@ ROW_SCHEDULES = ("batch", "spread")
 class MethodOptions:
     """Base of each method's options.
 
-    ``rows``: which rows of a side a training batch distils. ``"batch"`` (as in
-    the authors' code): the batch's distinct users (items), so a user is
-    distilled in every batch that holds one of its interactions, about
-    (its interactions) times per epoch. ``"spread"``: every row once per epoch,
-    a shuffled 1/n_batches share of them per batch. With the per-row mean the
-    two give each row about the same total weight per epoch, and ``"spread"``
-    scores a fraction of the pairs (see docs/distillation.md).
+    ``rows``: which rows of a side a training batch distils. ``"spread"``
+    (default): every row once per epoch, a shuffled 1/n_batches share of them
+    per batch. ``"batch"`` (as in the authors' code): the batch's distinct
+    users (items), so a row is distilled in every batch that holds one of its
+    interactions, about (its interactions) times per epoch. With the per-row
+    mean the two give each row about the same total weight per epoch, and
+    ``"spread"`` scores a fraction of the pairs (see docs/distillation.md).
     ``diagnose_every`` (epochs, 0 = never) records the mean |R_S - R_T| over
     the teacher's top-50 on both sides."""
 
-    rows: str = "batch"
+    rows: str = "spread"
     diagnose_every: int = 5
 
     def __post_init__(self) -> None:
@@ -199,6 +231,10 @@ class Distillation(Method):
     name = "student"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     refresh_every = 1
+    # A method that trains the teacher too (BD, iBD) leaves it unfrozen.
+    trains_teacher: ClassVar[bool] = False
+    # ... and may not read the frozen teacher's top-C lists (build_method then accepts rankings=None).
+    needs_rankings: ClassVar[bool] = True
 
     def __init__(self, teacher: Recommender | None, rankings: TeacherRankings | None,
                  options: MethodOptions | None = None) -> None:
@@ -209,9 +245,8 @@ class Distillation(Method):
         self.rankings = rankings
         self.sides: dict[str, Side] = {}
         self._log: dict[str, float] = {}
-        self._spread: dict[str, list[torch.Tensor]] = {}  # per side: this epoch's rows of each batch
-        self._batch_index = 0
-        if teacher is not None:
+        self.schedule = RowSchedule(self.options.rows)
+        if teacher is not None and not self.trains_teacher:
             teacher.requires_grad_(False)
             teacher.eval()
 
@@ -231,16 +266,14 @@ class Distillation(Method):
 
     def refresh(self, trainer: "Trainer", epoch: int) -> None:
         self._log = {}
-        self._batch_index = 0
-        if self.options.rows == "spread":
-            n_batches = -(-len(trainer.train_users) // trainer.config.batch_size)
-            self._spread = {name: torch.randperm(side.n_rows, generator=trainer.generator, device=side.device)
-                            .tensor_split(n_batches) for name, side in self.sides.items()}
+        self.schedule.start_epoch(trainer)
         every = self.options.diagnose_every
         ranks = self.resample(trainer, epoch)
         if every and epoch % every == 0 and self.sides:
+            start = time.perf_counter()
             for name, side in self.sides.items():
                 self._log[f"discrepancy_{name}"] = self.discrepancy(trainer.model, side, ranks.get(name))
+            self._log["diagnostic_seconds"] = time.perf_counter() - start
 
     def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
         """Draw this epoch's samples. Returns the student's catalogue ranks of
@@ -249,14 +282,12 @@ class Distillation(Method):
 
     def extra_loss(self, trainer: "Trainer", batch: "Batch") -> dict[str, torch.Tensor]:
         losses = self.losses(trainer.model, batch)
-        self._batch_index += 1
+        self.schedule.next_batch()
         return losses
 
     def batch_rows(self, side: Side, batch: "Batch") -> torch.Tensor:
         """The rows of ``side`` that this batch distils (see ``MethodOptions.rows``)."""
-        if self.options.rows == "batch":
-            return side.batch_rows(batch)
-        return self._spread[side.name][self._batch_index]
+        return self.schedule.rows(side.name, side.n_rows, batch.users if side.name == "user" else batch.pos_items)
 
     def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
         return {}

@@ -246,11 +246,7 @@ class BD(Distillation):
 
     def refresh(self, trainer: "Trainer", epoch: int) -> None:
         self._log = {}
-        self._batch_index = 0
-        if self.options.rows == "spread":
-            n_batches = -(-len(trainer.train_users) // trainer.config.batch_size)
-            self._spread = {"user": torch.randperm(trainer.split.n_users, generator=trainer.generator,
-                                                   device=trainer.device).tensor_split(n_batches)}
+        self.schedule.start_epoch(trainer)
         if epoch % self.options.update_every == 0:
             self.resample(trainer, epoch)
 
@@ -316,14 +312,9 @@ class BD(Distillation):
         parts = self.sets[direction]
         return _pad_cat([parts["new"], parts["retained"]]) if parts["retained"].shape[1] else parts["new"]
 
-    def _rows(self, batch: "Batch") -> torch.Tensor:
-        if self.options.rows == "batch":
-            return torch.unique(batch.users)
-        return self._spread["user"][self._batch_index]
-
     def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
         teacher, temperature = self.teacher, self.options.temperature
-        rows = self._rows(batch)
+        rows = self.schedule.rows("user", self.teacher.n_users, batch.users)
         out = {"teacher_loss": teacher.loss(batch.users, batch.pos_items, batch.neg_items)}
         weights = self.direction_weights()
         for d, learner, guide, name in (("ts", model, teacher, "bd_ts"), ("st", teacher, model, "bd_st")):

@@ -41,18 +41,18 @@ class Combined(Distillation):
         for part in self.parts:
             part.on_train_start(trainer)  # no rankings: only the member's own set-up (DE's experts)
             part.sides = self.sides
+            part.schedule = self.schedule  # one batch schedule for all members
 
     def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
         ranks: dict[str, torch.Tensor] = {}
         for part in self.parts:
-            part._spread, part._log = self._spread, {}
+            part._log = {}
             ranks.update(part.resample(trainer, epoch))
         return ranks
 
     def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for part in self.parts:
-            part._batch_index = self._batch_index
             terms = part.losses(model, batch)
             clash = set(terms) & set(out)
             if clash:

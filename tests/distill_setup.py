@@ -1,0 +1,40 @@
+"""What the distillation tests share: a small synthetic split, models on it,
+a briefly trained teacher and quick training settings."""
+
+import torch
+
+from rankdistill.data import synthetic
+from rankdistill.models import build_model
+from rankdistill.split import leave_one_out
+from rankdistill.trainer import TrainConfig, Trainer, seed_everything
+
+
+def small_split(n_users, n_items, *, mean_interactions=15, seed=1):
+    data = synthetic(n_users, n_items, n_factors=6, mean_interactions=mean_interactions, min_interactions=5, seed=seed)
+    return leave_one_out(data, seed=0, n_candidates=40)
+
+
+def csr_of(split):
+    return tuple(torch.as_tensor(a) for a in split.train.to_csr())
+
+
+def new_model(split, dim, seed=0, name="bpr"):
+    seed_everything(seed)
+    return build_model({"model": name, "n_users": split.n_users, "n_items": split.n_items, "dim": dim},
+                       train=csr_of(split))
+
+
+def trained_teacher(split, epochs=8):
+    model = new_model(split, 16, seed=5)
+    Trainer(model, split, TrainConfig(epochs=epochs, batch_size=128, lr=2e-2, patience=100, progress=False)).fit()
+    return model.eval()
+
+
+def config(**overrides):
+    return TrainConfig(**{"epochs": 4, "batch_size": 256, "lr": 1e-2, "patience": 100, "progress": False,
+                          **overrides})
+
+
+def strip(history):
+    """An epoch history without its timings (which differ between runs)."""
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
