@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
-from .compare import format_summary, load_run, paired_tests, plot_curves, summarize, write_summary
+from .compare import format_summary, load_run, paired_tests, plot_curves, summarize, teacher_runs, write_summary
 from .io import write_json
 from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_rankings, method_options
 from .models import MODELS, build_model, load_model, model_info
@@ -397,6 +397,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                              teacher, rankings)
                 run = load_run(folder, method, seed)
             runs.setdefault(method, []).append(run)
+        teachers = teacher_runs(out, method, runs[method])  # BD, iBD: their co-trained teachers too
+        if teachers:
+            runs[f"{method}-teacher"] = teachers
     table = summarize(runs)
     tests = paired_tests(runs, "H@5") if len(runs) > 1 else []
     write_summary(out, table, tests, runs)

@@ -24,7 +24,7 @@ from .errors import DataError
 from .io import atomic_open, write_json
 from .trainer import RESULTS, TEST_PER_USER
 
-__all__ = ["Run", "TABLE_METRICS", "load_run", "paired_tests", "plot_curves", "summarize", "format_summary",
+__all__ = ["Run", "TABLE_METRICS", "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary",
            "write_summary"]
 
 TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")
@@ -47,11 +47,37 @@ def load_run(folder: str | Path, method: str, seed: int) -> Run:
     folder = Path(folder)
     try:
         results = json.loads((folder / RESULTS).read_text())
-        with np.load(folder / TEST_PER_USER) as f:
-            per_user = {key.replace("_at_", "@"): f[key] for key in f.files if "_at_" in key}
+        per_user = _per_user(folder / TEST_PER_USER)
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{folder}: not a finished run ({exc})") from None
     return Run(method, seed, results, per_user)
+
+
+def _per_user(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {key.replace("_at_", "@"): f[key] for key in f.files if "_at_" in key}
+
+
+TEACHER_TEST_PER_USER = "teacher_test_per_user.npz"  # written by the methods that train the teacher (BD, iBD)
+
+
+def teacher_runs(folder: str | Path, method: str, runs: list[Run]) -> list[Run]:
+    """The co-trained teachers of ``runs`` (BD, iBD) as runs of method
+    ``METHOD-teacher``; empty when the method does not train the teacher."""
+    if not runs or not all("teacher_test" in run.results for run in runs):
+        return []
+    out = []
+    for run in runs:
+        results = {**run.results, "test": run.results["teacher_test"],
+                   "best_epoch": run.results["teacher_best_epoch"],
+                   "history": [{**r, "valid": r["teacher_valid"]} for r in run.results["history"] if "teacher_valid" in r]}
+        path = Path(folder) / method / f"seed{run.seed}" / TEACHER_TEST_PER_USER
+        try:
+            per_user = _per_user(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{path}: not readable ({exc})") from None
+        out.append(Run(f"{method}-teacher", run.seed, results, per_user))
+    return out
 
 
 def summarize(runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> dict[str, Any]:

@@ -283,3 +283,19 @@ def test_cli_distill_bd(tmp_path, capsys):
     assert "bd teacher" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "bd" and "teacher_test" in results and (out / TEACHER_MODEL).exists()
+
+
+def test_compare_lists_the_co_trained_teacher(tmp_path, capsys):
+    data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
+    path = tmp_path / "ratings.tsv"
+    path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
+    common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
+    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(tmp_path / "t"), *common]) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "student,bd", "--seeds", "0", "--teacher", str(tmp_path / "t" / "best.pt"),
+                 "--dim", "4", "--top", "10", "--out", str(out), *common]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["student", "bd", "bd-teacher"]
+    bd = json.loads((out / "bd" / "seed0" / "results.json").read_text())
+    assert summary["table"]["bd-teacher"]["mean"]["H@5"] == pytest.approx(bd["teacher_test"]["H@5"])
+    assert "bd-teacher" in capsys.readouterr().out
