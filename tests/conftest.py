@@ -11,3 +11,17 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
+
+
+# The distillation tests' teacher and its top-30 lists, on each module's own `split` fixture.
+@pytest.fixture(scope="module")
+def teacher(split):
+    from distill_setup import trained_teacher
+    return trained_teacher(split)
+
+
+@pytest.fixture(scope="module")
+def rankings(teacher, split):
+    from distill_setup import TOP
+    from rankdistill.methods import compute_rankings
+    return compute_rankings(teacher, split, TOP)

@@ -8,6 +8,8 @@ from rankdistill.models import build_model
 from rankdistill.split import leave_one_out
 from rankdistill.trainer import TrainConfig, Trainer, seed_everything
 
+TOP = 30  # the teacher's list length in the distillation tests
+
 
 def small_split(n_users, n_items, *, mean_interactions=15, seed=1):
     data = synthetic(n_users, n_items, n_factors=6, mean_interactions=mean_interactions, min_interactions=5, seed=seed)

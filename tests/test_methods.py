@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rankdistill.errors import ConfigError
-from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
+from rankdistill.methods import METHODS, build_method, load_or_compute_rankings
 from rankdistill.methods.base import Side
 from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
 from rankdistill.methods.rrd import sample_interesting, sample_uninteresting
@@ -17,24 +17,13 @@ from rankdistill.methods import method_options
 from rankdistill.models import save_model
 from rankdistill.trainer import Batch, Trainer, seed_everything
 
-from distill_setup import config, new_model, small_split, strip, trained_teacher
+from distill_setup import TOP, config, new_model, small_split, strip
 
-TOP = 30
 
 
 @pytest.fixture(scope="module")
 def split():
     return small_split(120, 200, seed=1)
-
-
-@pytest.fixture(scope="module")
-def teacher(split):
-    return trained_teacher(split)
-
-
-@pytest.fixture(scope="module")
-def rankings(teacher, split):
-    return compute_rankings(teacher, split, TOP)
 
 
 def user_side(split, rankings):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rankdistill.errors import ConfigError
-from rankdistill.methods import build_method, compute_rankings, method_options
+from rankdistill.methods import build_method, method_options
 from rankdistill.methods.combine import combine
 from rankdistill.methods.de import DE, Experts, annealed_temperature
 from rankdistill.methods.rd import position_weights, rd_weights, sampled_ranks
@@ -21,24 +21,13 @@ from rankdistill.models import load_model
 from rankdistill.trainer import Trainer
 
 from conftest import DEVICES
-from distill_setup import config, new_model, small_split, strip, trained_teacher
+from distill_setup import config, new_model, small_split, strip
 
-TOP = 30
 
 
 @pytest.fixture(scope="module")
 def split():
     return small_split(100, 160, seed=2)
-
-
-@pytest.fixture(scope="module")
-def teacher(split):
-    return trained_teacher(split)
-
-
-@pytest.fixture(scope="module")
-def rankings(teacher, split):
-    return compute_rankings(teacher, split, TOP)
 
 
 def loss_terms(record):
