@@ -1,6 +1,7 @@
 """What the distillation tests share: a small synthetic split, models on it,
 a briefly trained teacher and quick training settings."""
 
+import pytest
 import torch
 
 from rankdistill.data import synthetic
@@ -40,3 +41,29 @@ def config(**overrides):
 def strip(history):
     """An epoch history without its timings (which differ between runs)."""
     return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
+
+
+class Crash(Exception):
+    """A run killed at the start of an epoch."""
+
+
+def interrupted_and_resumed(split, make_method, tmp_path, *, epochs, crash_at, resume_method=None, resume_seed=7):
+    """``(whole, resumed)``: a run without interruption, and the same run killed
+    at the start of epoch ``crash_at`` and resumed from its checkpoint with a
+    freshly initialised student (seed ``resume_seed``) and method
+    (``resume_method()``, by default ``make_method()``): the checkpoint must win."""
+    whole = Trainer(new_model(split, 4), split, config(epochs=epochs), method=make_method(),
+                    out_dir=tmp_path / "whole").fit()
+    method = make_method()
+    original = method.refresh
+
+    def refresh(trainer, epoch):
+        if epoch == crash_at:
+            raise Crash
+        original(trainer, epoch)
+    method.refresh = refresh
+    with pytest.raises(Crash):
+        Trainer(new_model(split, 4), split, config(epochs=epochs), method=method, out_dir=tmp_path / "cut").fit()
+    resumed = Trainer(new_model(split, 4, seed=resume_seed), split, config(epochs=epochs),
+                      method=(resume_method or make_method)(), out_dir=tmp_path / "cut").fit(resume=True)
+    return whole, resumed

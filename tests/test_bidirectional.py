@@ -17,7 +17,7 @@ from rankdistill.methods.bd import (TEACHER_MODEL, bd_weights, retain_uncorrecte
 from rankdistill.models import load_model
 from rankdistill.trainer import Trainer
 
-from distill_setup import config, csr_of, new_model, small_split, strip, trained_teacher
+from distill_setup import config, csr_of, interrupted_and_resumed, new_model, small_split, strip, trained_teacher
 
 
 @pytest.fixture(scope="module")
@@ -234,30 +234,16 @@ def test_fresh_teacher_is_a_new_model_of_the_given_kind(split, teacher):
 
 # ---------------------------------------------------------------- resume
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", ["bd", "ibd"])
 def test_resume_is_exact_for_both_models(split, teacher, tmp_path, name):
     options = {"update_every": 2, "rows": "spread", "samples": 8}
-    whole = Trainer(new_model(split, 4), split, config(epochs=5), method=build_method(name, teacher, None, options),
-                    out_dir=tmp_path / "whole").fit()
 
-    method = build_method(name, teacher, None, options)
-    original = method.refresh
-
-    def refresh(trainer, epoch):
-        if epoch == 3:  # after the round of epoch 2, before the next one
-            raise Crash
-        original(trainer, epoch)
-    method.refresh = refresh
-    with pytest.raises(Crash):
-        Trainer(new_model(split, 4), split, config(epochs=5), method=method, out_dir=tmp_path / "cut").fit()
-    torch.manual_seed(999)
-    other = new_model(split, 16, seed=7)  # another teacher and student: the checkpoint must win
-    resumed = Trainer(new_model(split, 4, seed=8), split, config(epochs=5),
-                      method=build_method(name, other, None, options), out_dir=tmp_path / "cut").fit(resume=True)
+    def other_method():  # another teacher and student: the checkpoint must win
+        torch.manual_seed(999)
+        return build_method(name, new_model(split, 16, seed=7), None, options)
+    # Killed at epoch 3: after the round of epoch 2, before the next one.
+    whole, resumed = interrupted_and_resumed(split, lambda: build_method(name, teacher, None, options), tmp_path,
+                                             epochs=5, crash_at=3, resume_method=other_method, resume_seed=8)
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.test == whole.test and resumed.extra["teacher_test"] == whole.extra["teacher_test"]
     csr = csr_of(split)

@@ -17,7 +17,7 @@ from rankdistill.methods import method_options
 from rankdistill.models import save_model
 from rankdistill.trainer import Batch, Trainer, seed_everything
 
-from distill_setup import TOP, config, new_model, small_split, strip
+from distill_setup import TOP, config, interrupted_and_resumed, new_model, small_split, strip
 
 
 
@@ -240,27 +240,11 @@ def test_student_method_trains_the_plain_model(split, teacher, rankings):
     assert as_method.test == plain.test
 
 
-class CrashingDCD(Exception):
-    pass
-
-
 def test_dcd_resume_is_exact_between_corrections(split, teacher, rankings, tmp_path):
     options = {"correct_every": 3, "rows": "spread"}
-    whole = Trainer(new_model(split, 4), split, config(epochs=6), method=build_method("dcd", teacher, rankings, options),
-                    out_dir=tmp_path / "whole").fit()
-
-    method = build_method("dcd", teacher, rankings, options)
-    original = method.refresh
-
-    def refresh(trainer, epoch):
-        if epoch == 4:  # after the correction of epoch 3, before the next one
-            raise CrashingDCD
-        original(trainer, epoch)
-    method.refresh = refresh
-    with pytest.raises(CrashingDCD):
-        Trainer(new_model(split, 4), split, config(epochs=6), method=method, out_dir=tmp_path / "cut").fit()
-    resumed = Trainer(new_model(split, 4, seed=7), split, config(epochs=6),
-                      method=build_method("dcd", teacher, rankings, options), out_dir=tmp_path / "cut").fit(resume=True)
+    # Killed at epoch 4: after the correction of epoch 3, before the next one.
+    whole, resumed = interrupted_and_resumed(split, lambda: build_method("dcd", teacher, rankings, options), tmp_path,
+                                             epochs=6, crash_at=4)
     assert strip(resumed.history) == strip(whole.history)
 
 

@@ -21,7 +21,7 @@ from rankdistill.models import load_model
 from rankdistill.trainer import Trainer
 
 from conftest import DEVICES
-from distill_setup import config, new_model, small_split, strip
+from distill_setup import config, interrupted_and_resumed, new_model, small_split, strip
 
 
 
@@ -189,27 +189,11 @@ def test_de_needs_representations(split, teacher, rankings):
         Trainer(student, split, config(), method=method).fit()
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", ["de", "de-rrd"])
 def test_resume_is_exact(split, teacher, rankings, tmp_path, name):
     options = {"experts": 4, "anneal_epochs": 4}
-    whole = Trainer(new_model(split, 4), split, config(epochs=5), method=build_method(name, teacher, rankings, options),
-                    out_dir=tmp_path / "whole").fit()
-    method = build_method(name, teacher, rankings, options)
-    original = method.refresh
-
-    def refresh(trainer, epoch):
-        if epoch == 3:
-            raise Crash
-        original(trainer, epoch)
-    method.refresh = refresh
-    with pytest.raises(Crash):
-        Trainer(new_model(split, 4), split, config(epochs=5), method=method, out_dir=tmp_path / "cut").fit()
-    resumed = Trainer(new_model(split, 4, seed=9), split, config(epochs=5),
-                      method=build_method(name, teacher, rankings, options), out_dir=tmp_path / "cut").fit(resume=True)
+    whole, resumed = interrupted_and_resumed(split, lambda: build_method(name, teacher, rankings, options), tmp_path,
+                                             epochs=5, crash_at=3, resume_seed=9)
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.test == whole.test
 
