@@ -36,7 +36,7 @@ from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_ranking
 from .models import MODELS, build_model, load_model, model_info
 from .report import Row, format_table
 from .split import Split, leave_one_out
-from .trainer import CHECKPOINT, RESULTS, Method, TrainConfig, Trainer, check_device, seed_everything
+from .trainer import CHECKPOINT, RESULTS, Method, TrainConfig, Trainer, _plain, check_device, seed_everything
 
 log = logging.getLogger("rankdistill")
 
@@ -411,15 +411,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
+    # Where a run happened (device, progress bars) does not change its result;
+    # tuples come back from JSON as lists.
+    return {k: _plain(v) for k, v in train_config.items() if k not in ("device", "progress")}
+
+
 def _check_same_setup(results: dict[str, Any], folder: Path, args: argparse.Namespace, method: str, seed: int) -> None:
     """A finished run is reused only if it was made with the same options."""
-    expected = {"train_config": {k: v for k, v in dataclasses.asdict(_train_config(args, seed)).items()
-                                 if k not in ("device", "progress")},
+    expected = {"train_config": _comparable(dataclasses.asdict(_train_config(args, seed))),
                 "method_options": dataclasses.asdict(method_options(method, _method_overrides(args, method)))}
-    found = {"train_config": {k: v for k, v in results.get("train_config", {}).items() if k not in ("device", "progress")},
+    found = {"train_config": _comparable(results.get("train_config", {})),
              "method_options": results.get("method_options")}
-    found["train_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in found["train_config"].items()}
-    expected["train_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in expected["train_config"].items()}
     if expected != found:
         raise ConfigError(f"{folder} holds a finished run made with other options; "
                           "use another --out or pass --overwrite to redo it")
