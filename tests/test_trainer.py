@@ -13,7 +13,7 @@ from rankdistill.errors import ConfigError
 from rankdistill.evaluation import Evaluator
 from rankdistill.models import Recommender, build_model, load_model
 from rankdistill.split import leave_one_out
-from rankdistill.trainer import Method, TrainConfig, Trainer, seed_everything
+from rankdistill.trainer import Method, TrainConfig, Trainer, _adam, seed_everything
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -173,3 +173,24 @@ def test_bpr_beats_popularity_on_a_citeulike_slice(tmp_path):
     # popularity: H@5 about 0.05; BPR about 0.2 after 8 epochs
     assert result.test["H@5"] > popularity["H@5"] + 0.1
     assert result.test["N@10"] > 2 * popularity["N@10"]
+
+
+def test_fused_adam_takes_the_steps_of_plain_adam():
+    """The trainer's optimizer is fused where it can be; that must change speed, not the update."""
+    torch.manual_seed(0)
+    start = [torch.randn(50, 8), torch.randn(30)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    finals = []
+    for make in (lambda ps: _adam(ps, lr=1e-2, weight_decay=1e-3),
+                 lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3, foreach=False)):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        optimizer = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        finals.append(params)
+        assert any(not torch.equal(p, s) for p, s in zip(params, start))
+    assert _adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0).defaults["fused"]
+    for fused, plain in zip(*finals):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
