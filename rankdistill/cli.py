@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
-from .compare import format_summary, load_run, paired_tests, plot_curves, summarize, teacher_runs, write_summary
+from .compare import (format_summary, load_run, paired_tests, plot_curves, summarize, table_metrics, teacher_runs,
+                      write_summary)
 from .io import write_json
 from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_rankings, method_options
 from .models import MODELS, build_model, load_model, model_info
@@ -400,13 +401,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         teachers = teacher_runs(out, method, runs[method])  # BD, iBD: their co-trained teachers too
         if teachers:
             runs[f"{method}-teacher"] = teachers
-    table = summarize(runs)
-    tests = paired_tests(runs, "H@5") if len(runs) > 1 else []
-    write_summary(out, table, tests, runs)
+    metrics = table_metrics(args.protocol, _cutoffs_for(args))
+    table = summarize(runs, metrics)
+    tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
+    write_summary(out, table, tests, runs, metrics)
     plot_curves(out / "curves.png", runs)
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
-    print(format_summary(table, tests))
+    print(format_summary(table, tests, metrics))
     print(f"saved: {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'curves.png'}")
     return 0
 

@@ -24,10 +24,11 @@ from .errors import DataError
 from .io import atomic_open, write_json
 from .trainer import RESULTS, TEST_PER_USER
 
-__all__ = ["Run", "TABLE_METRICS", "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary",
+__all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "table_metrics", "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary",
            "write_summary"]
 
-TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")
+TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")  # the DCD/RRD papers' layout (sampled)
+FULL_TABLE_METRICS = ("H@50", "N@50", "H@100", "N@100")  # the BD papers' layout (full ranking)
 BASELINE = "student"
 
 
@@ -41,6 +42,15 @@ class Run:
     @property
     def test(self) -> dict[str, float]:
         return self.results["test"]
+
+
+def table_metrics(protocol: str, cutoffs: tuple[int, ...]) -> tuple[str, ...]:
+    """The columns of the papers' tables for ``protocol``, among the computed
+    ``cutoffs``; the first is the one the improvement and the t-tests use.
+    Cutoffs outside the papers' give H, M and N at the two smallest."""
+    wanted = FULL_TABLE_METRICS if protocol == "full" else TABLE_METRICS
+    present = tuple(m for m in wanted if int(m.split("@")[1]) in cutoffs)
+    return present or tuple(f"{k}@{n}" for n in sorted(cutoffs)[:2] for k in "HMN")
 
 
 def load_run(folder: str | Path, method: str, seed: int) -> Run:

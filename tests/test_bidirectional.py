@@ -277,11 +277,17 @@ def test_compare_lists_the_co_trained_teacher(tmp_path, capsys):
     path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
     common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
     assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(tmp_path / "t"), *common]) == 0
+    capsys.readouterr()
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "student,bd", "--seeds", "0", "--teacher", str(tmp_path / "t" / "best.pt"),
-                 "--dim", "4", "--top", "10", "--out", str(out), *common]) == 0
+                 "--dim", "4", "--top", "10", "--protocol", "full", "--out", str(out), *common]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["student", "bd", "bd-teacher"]
     bd = json.loads((out / "bd" / "seed0" / "results.json").read_text())
-    assert summary["table"]["bd-teacher"]["mean"]["H@5"] == pytest.approx(bd["teacher_test"]["H@5"])
-    assert "bd-teacher" in capsys.readouterr().out
+    # the full protocol's table is the BD papers' (H@50, N@50, H@100, N@100), tested on H@50
+    assert set(summary["table"]["bd-teacher"]["mean"]) == {"H@50", "N@50", "H@100", "N@100"}
+    assert (out / "summary.csv").read_text().startswith("method,seeds,H@50 mean,H@50 std,N@50 mean")
+    assert summary["table"]["bd-teacher"]["mean"]["H@50"] == pytest.approx(bd["teacher_test"]["H@50"])
+    assert {test["metric"] for test in summary["paired_tests"]} == {"H@50"}
+    printed = capsys.readouterr().out
+    assert "bd-teacher" in printed and "N@100" in printed and "M@5" not in printed

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rankdistill.cli import main
+from rankdistill.compare import table_metrics
 from rankdistill.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,3 +180,11 @@ def test_methods_lists_every_method(capsys):
     assert code == 0
     for name in ("student", "rrd", "ir-rrd", "dcd", "dcd-no-sampling", "dcd-code"):
         assert f"\n{name}: " in f"\n{out}"
+
+
+def test_table_metrics_follow_the_protocol():
+    assert table_metrics("sampled", (5, 10, 20)) == ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")
+    assert table_metrics("full", (5, 10, 20, 50, 100)) == ("H@50", "N@50", "H@100", "N@100")
+    assert table_metrics("full", (5, 10, 50)) == ("H@50", "N@50")
+    # cutoffs outside both layouts: H, M, N at the two smallest
+    assert table_metrics("full", (20, 3)) == ("H@3", "M@3", "N@3", "H@20", "M@20", "N@20")
