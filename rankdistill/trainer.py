@@ -124,7 +124,8 @@ class Method:
     ``parameters`` are trained by the same optimizer; ``state_dict`` must
     capture whatever the later epochs depend on, for an exact resume.
     ``on_validate`` runs after each validation of the model (it may add
-    entries to the epoch's record); ``on_train_end`` runs once the best
+    entries to the epoch's record; see ``co_trained_bad_evals`` for early
+    stopping with a second model); ``on_train_end`` runs once the best
     model is tested and returns entries for ``results.json`` (a method that
     trains a second model, BD, tests and saves it there).
     Randomness should come from ``trainer.generator`` (checkpointed).
@@ -147,6 +148,13 @@ class Method:
 
     def on_validate(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
         pass
+
+    def co_trained_bad_evals(self) -> int | None:
+        """For a method that trains a second model (BD): validations since that
+        model last improved. The run stops early only once both models have
+        gone ``patience`` validations without improving, so that neither is cut
+        short by the other's plateau. ``None``: no second model."""
+        return None
 
     def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
         return {}
@@ -277,8 +285,10 @@ class Trainer:
             self.bad_evals = 0
         else:
             self.bad_evals += 1
-            self.stopped_early = self.bad_evals >= self.config.patience
         self.method.on_validate(self, epoch, record)
+        others = self.method.co_trained_bad_evals()
+        self.stopped_early = (self.bad_evals >= self.config.patience
+                              and (others is None or others >= self.config.patience))
 
     def _last_valid_postfix(self) -> dict[str, str]:
         metric = self.config.metric

@@ -118,6 +118,31 @@ def test_early_stopping_and_best_epoch_follow_validation(split):
     assert result.valid["H@5"] == max(valid)
 
 
+class SecondModel(Method):
+    """A stand-in for BD's co-trained teacher: it 'improves' until epoch ``until``."""
+
+    def __init__(self, until: int) -> None:
+        self.until, self.bad = until, 0
+
+    def on_validate(self, trainer, epoch, record):
+        self.bad = 0 if epoch < self.until else self.bad + 1
+
+    def co_trained_bad_evals(self):
+        return self.bad
+
+
+def test_early_stopping_waits_for_a_co_trained_model(split):
+    alone = Trainer(new_model(split), split, config(epochs=60, lr=0.05, patience=2)).fit()
+    stop_alone = len(alone.history)
+    until = stop_alone + 3
+    both = Trainer(new_model(split), split, config(epochs=60, lr=0.05, patience=2), method=SecondModel(until)).fit()
+    # the student's plateau alone no longer stops the run: it goes on until the
+    # second model too has had `patience` validations without a gain
+    assert both.stopped_early and len(both.history) == until + 2
+    assert [(r["loss"], r["valid"]) for r in both.history[:stop_alone]] == \
+        [(r["loss"], r["valid"]) for r in alone.history]  # the same run until then
+
+
 def test_eval_every_and_outputs(split, tmp_path):
     result = Trainer(new_model(split), split, config(epochs=5, eval_every=2), out_dir=tmp_path).fit()
     evaluated = [r["epoch"] for r in result.history if "valid" in r]

@@ -207,6 +207,7 @@ class BD(Distillation):
         # (iBD), [n_users, *] -1 padded.
         self.sets: dict[str, dict[str, torch.Tensor]] = {}
         self.teacher_best: dict[str, Any] | None = None
+        self.teacher_bad_evals = 0
         self._indptr = self._indices = None
 
     # ---- options read the same way by BD and iBD
@@ -336,6 +337,12 @@ class BD(Distillation):
         metric = trainer.config.metric
         if self.teacher_best is None or valid[metric] > self.teacher_best["valid"][metric]:
             self.teacher_best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(self.teacher.state_dict())}
+            self.teacher_bad_evals = 0
+        else:
+            self.teacher_bad_evals += 1
+
+    def co_trained_bad_evals(self) -> int:
+        return self.teacher_bad_evals
 
     def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
         best = self.teacher_best
@@ -357,12 +364,14 @@ class BD(Distillation):
 
     # ---- exact resume: the teacher, its best so far and the current samples
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "sets": self.sets, "teacher_best": self.teacher_best}
+        return {"teacher": self.teacher.state_dict(), "sets": self.sets, "teacher_best": self.teacher_best,
+                "teacher_bad_evals": self.teacher_bad_evals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.sets = {d: dict(parts) for d, parts in state["sets"].items()}
         self.teacher_best = state["teacher_best"]
+        self.teacher_bad_evals = state["teacher_bad_evals"]
 
 
 class IBD(BD):
