@@ -405,7 +405,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = summarize(runs, metrics)
     tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
     write_summary(out, table, tests, runs, metrics)
-    plot_curves(out / "curves.png", runs)
+    plot_curves(out / "curves.png", runs, metrics[0])
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
     print(format_summary(table, tests, metrics))

@@ -191,42 +191,50 @@ def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[st
         f.write(text.getvalue())
 
 
-def _mean_curve(histories: list[list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Epochs (1-based) and the mean over seeds of ``key`` where recorded by every seed."""
+def _mean_curve(histories: list[list[dict[str, Any]]], key: str, metric: str = "H@5") -> tuple[np.ndarray, np.ndarray]:
+    """Epochs (1-based) and the mean over seeds of ``key`` (``metric`` of it,
+    when it holds metrics) where recorded by every seed."""
     points: dict[int, list[float]] = {}
     for history in histories:
         for record in history:
             value = record.get(key)
             if isinstance(value, dict):
-                value = value.get("H@5")
+                value = value.get(metric)
             if value is not None:
                 points.setdefault(record["epoch"] + 1, []).append(float(value))
     epochs = sorted(e for e, values in points.items() if len(values) == len(histories))
     return np.array(epochs), np.array([np.mean(points[e]) for e in epochs])
 
 
-def plot_curves(path: str | Path, runs: dict[str, list[Run]]) -> None:
-    """Validation H@5 per epoch and the mean |R_S - R_T| over the teacher's
-    top-50 (user side solid, item side dashed), averaged over seeds."""
+def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5") -> None:
+    """Validation ``metric`` per epoch and, for the methods that record it,
+    the mean |R_S - R_T| over the teacher's top-50 (user side solid, item
+    side dashed), averaged over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_valid, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for k, (method, method_runs) in enumerate(runs.items()):
-        color = f"C{k % 10}"
+    gaps = {}
+    for method, method_runs in runs.items():
         histories = [run.results["history"] for run in method_runs]
-        epochs, valid = _mean_curve(histories, "valid")
-        ax_valid.plot(epochs, valid, color=color, label=method)
         for key, style in (("discrepancy_user", "-"), ("discrepancy_item", "--")):
             epochs, gap = _mean_curve(histories, key)
             if len(epochs):
-                ax_gap.plot(epochs, gap, style, color=color, label=f"{method} ({key.split('_')[1]})")
-    ax_valid.set(xlabel="epoch", ylabel="validation H@5", title="Validation H@5 (mean over seeds)")
-    ax_gap.set(xlabel="epoch", ylabel="mean |R_S - R_T|", yscale="log",
-               title="Rank discrepancy on the teacher's top-50")
-    for ax in (ax_valid, ax_gap):
+                gaps.setdefault(method, []).append((epochs, gap, style, key.split("_")[1]))
+    fig, axes = plt.subplots(1, 2 if gaps else 1, figsize=(11 if gaps else 5.5, 4.2), squeeze=False)
+    ax_valid = axes[0, 0]
+    for k, (method, method_runs) in enumerate(runs.items()):
+        color = f"C{k % 10}"
+        epochs, valid = _mean_curve([run.results["history"] for run in method_runs], "valid", metric)
+        ax_valid.plot(epochs, valid, color=color, label=method)
+        for epochs, gap, style, side in gaps.get(method, []):
+            axes[0, 1].plot(epochs, gap, style, color=color, label=f"{method} ({side})")
+    ax_valid.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"Validation {metric} (mean over seeds)")
+    if gaps:
+        axes[0, 1].set(xlabel="epoch", ylabel="mean |R_S - R_T|", yscale="log",
+                       title="Rank discrepancy on the teacher's top-50")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -2,14 +2,16 @@
 resume and evaluate work end to end on a small file."""
 
 import json
+import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 from rankdistill.cli import main
-from rankdistill.compare import table_metrics
+from rankdistill.compare import Run, plot_curves, table_metrics
 from rankdistill.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,3 +190,16 @@ def test_table_metrics_follow_the_protocol():
     assert table_metrics("full", (5, 10, 50)) == ("H@50", "N@50")
     # cutoffs outside both layouts: H, M, N at the two smallest
     assert table_metrics("full", (20, 3)) == ("H@3", "M@3", "N@3", "H@20", "M@20", "N@20")
+
+
+@pytest.mark.parametrize("discrepancy,width", [(False, 660), (True, 1320)])
+def test_curves_draw_the_discrepancy_panel_only_when_recorded(tmp_path, discrepancy, width):
+    history = [{"epoch": e, "valid": {"H@50": 0.1 * e}, **({"discrepancy_user": 100.0 / (e + 1)} if discrepancy else {})}
+               for e in range(3)]
+    path = tmp_path / "curves.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "No artists with labels found to put in legend"
+        plot_curves(path, {"bd": [Run("bd", 0, {"history": history}, {})]}, "H@50")
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">I", header[16:20])[0] == width  # one panel or two, 120 dpi
