@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .evaluation import load_per_user
 from .io import atomic_open, write_json
+from .methods.bd import TEACHER_TEST_PER_USER
 from .trainer import RESULTS, TEST_PER_USER
 
 __all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "table_metrics", "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary",
@@ -57,18 +59,10 @@ def load_run(folder: str | Path, method: str, seed: int) -> Run:
     folder = Path(folder)
     try:
         results = json.loads((folder / RESULTS).read_text())
-        per_user = _per_user(folder / TEST_PER_USER)
+        per_user = load_per_user(folder / TEST_PER_USER)
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{folder}: not a finished run ({exc})") from None
     return Run(method, seed, results, per_user)
-
-
-def _per_user(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        return {key.replace("_at_", "@"): f[key] for key in f.files if "_at_" in key}
-
-
-TEACHER_TEST_PER_USER = "teacher_test_per_user.npz"  # written by the methods that train the teacher (BD, iBD)
 
 
 def teacher_runs(folder: str | Path, method: str, runs: list[Run]) -> list[Run]:
@@ -83,7 +77,7 @@ def teacher_runs(folder: str | Path, method: str, runs: list[Run]) -> list[Run]:
                    "history": [{**r, "valid": r["teacher_valid"]} for r in run.results["history"] if "teacher_valid" in r]}
         path = Path(folder) / method / f"seed{run.seed}" / TEACHER_TEST_PER_USER
         try:
-            per_user = _per_user(path)
+            per_user = load_per_user(path)
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: not readable ({exc})") from None
         out.append(Run(f"{method}-teacher", run.seed, results, per_user))

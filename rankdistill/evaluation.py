@@ -24,11 +24,13 @@ methods can be compared with a paired test.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+from .io import atomic_open
 from .models import Recommender
 from .ops import rank_positions
 from .split import PARTS, Split
@@ -86,6 +88,19 @@ class EvalResult:
 
     def means(self) -> dict[str, float]:
         return {name: float(values.mean()) for name, values in self.per_user.items()}
+
+    def save_per_user(self, path: str | Path) -> None:
+        """Users, ranks and per-user metric values as ``.npz`` (written atomically;
+        ``@`` is spelled ``_at_`` in the keys); ``load_per_user`` reads the metrics back."""
+        with atomic_open(path, "wb") as f:
+            np.savez(f, users=self.users, ranks=self.ranks,
+                     **{name.replace("@", "_at_"): values for name, values in self.per_user.items()})
+
+
+def load_per_user(path: str | Path) -> dict[str, np.ndarray]:
+    """The per-user metric values of a file written by ``EvalResult.save_per_user``."""
+    with np.load(path) as f:
+        return {key.replace("_at_", "@"): f[key] for key in f.files if "_at_" in key}
 
 
 class Evaluator:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, EvalResult, Evaluator, metric_names
-from .io import atomic_open, torch_save, write_json
+from .io import torch_save, write_json
 from .models import Recommender, save_model
 from .unobserved import ObservedItems, sample_unobserved
 from .split import Split
@@ -424,9 +424,7 @@ class Trainer:
         }
         save_model(self.out_dir / BEST_MODEL, self.model,
                    **{k: v for k, v in summary.items() if k not in ("model_config", "history")})
-        tr = result.test_result
-        with atomic_open(self.out_dir / TEST_PER_USER, "wb") as f:
-            np.savez(f, users=tr.users, ranks=tr.ranks, **{k.replace("@", "_at_"): v for k, v in tr.per_user.items()})
+        result.test_result.save_per_user(self.out_dir / TEST_PER_USER)
         write_json(self.out_dir / RESULTS, summary)
 
 
@@ -450,4 +448,3 @@ def _adam(params: list[torch.nn.Parameter], **options: float) -> torch.optim.Ada
     """
     fusable = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, fused=fusable or None, **options)
-

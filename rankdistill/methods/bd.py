@@ -42,12 +42,10 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..io import atomic_open
 from ..models import Recommender, build_model, save_model
 from ..models.base import SCORE_ALL_BUDGET
 from ..ops import rank_positions, weighted_sample
@@ -357,9 +355,7 @@ class BD(Distillation):
             save_model(trainer.out_dir / TEACHER_MODEL, self.teacher, role="teacher", method=self.name,
                        split_seed=trainer.split.seed, data_fingerprint=trainer.split.data_fingerprint,
                        best_epoch=best["epoch"], valid=best["valid"], test=result.means())
-            with atomic_open(trainer.out_dir / TEACHER_TEST_PER_USER, "wb") as f:
-                np.savez(f, users=result.users, ranks=result.ranks,
-                         **{k.replace("@", "_at_"): v for k, v in result.per_user.items()})
+            result.save_per_user(trainer.out_dir / TEACHER_TEST_PER_USER)
         return summary
 
     # ---- exact resume: the teacher, its best so far and the current samples
