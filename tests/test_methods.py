@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rankdistill.errors import ConfigError
-from rankdistill.methods import METHODS, build_method, load_or_compute_rankings
+from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
+from rankdistill.methods import rankings as rankings_module
 from rankdistill.methods.base import Side
 from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
 from rankdistill.methods.rrd import sample_interesting, sample_uninteresting
@@ -36,7 +37,20 @@ def item_side(split, rankings):
 
 # ---------------------------------------------------------------- rankings
 
-def test_rankings_are_the_teachers_best_unobserved_columns(teacher, split, rankings):
+# BPR is ranked once per side; NeuMF (a network per pair) in one pass, with
+# blocks of TOP + 3 users merged into running lists, or one block of all users;
+# blocks of one user (< C) take two passes again.
+@pytest.mark.parametrize("model, block_rows", [("bpr", None), ("bpr", 1), ("neumf", None), ("neumf", TOP + 3),
+                                               ("neumf", 1)])
+def test_rankings_are_the_teachers_best_unobserved_columns(teacher, split, rankings, model, block_rows,
+                                                           monkeypatch):
+    if model == "neumf":
+        teacher = new_model(split, 8, name="neumf").eval()
+        assert teacher.scores_each_pair
+    if block_rows is not None:
+        monkeypatch.setattr(rankings_module, "SCORE_ALL_BUDGET", block_rows * split.n_items)
+    if model != "bpr" or block_rows is not None:
+        rankings = compute_rankings(teacher, split, TOP)
     with torch.no_grad():
         scores = teacher.score_all(torch.arange(split.n_users))
     seen = torch.zeros_like(scores, dtype=torch.bool)
@@ -44,8 +58,19 @@ def test_rankings_are_the_teachers_best_unobserved_columns(teacher, split, ranki
     for matrix, mask, top in ((scores, seen, rankings.items_of_user), (scores.T, seen.T, rankings.users_of_item)):
         masked = matrix.masked_fill(mask, -torch.inf)
         expected = masked.sort(dim=1, descending=True, stable=True)
+        assert top.shape == (matrix.shape[0], TOP)
         assert torch.equal(masked.gather(1, top), expected.values[:, :TOP])  # same scores in the same order
         assert not mask.gather(1, top).any()
+
+
+def test_rankings_pad_rows_with_fewer_candidates_than_c(teacher, split):
+    """C above the number of users: each item's list holds every user who has
+    not seen it, then -1."""
+    top = split.n_users
+    padded = compute_rankings(new_model(split, 8, name="neumf"), split, top).users_of_item  # one pass
+    unseen = split.n_users - np.bincount(split.train.items, minlength=split.n_items)
+    expected_valid = torch.arange(top) < torch.as_tensor(unseen)[:, None]  # a prefix of each row
+    assert torch.equal(padded >= 0, expected_valid)
 
 
 def test_rankings_cache_is_reused_and_invalidated(teacher, split, tmp_path):

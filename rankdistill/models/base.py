@@ -68,6 +68,12 @@ class Recommender(nn.Module):
         """Elements of the temporaries per user in ``_score_all_block``."""
         return self.n_items
 
+    @property
+    def scores_each_pair(self) -> bool:
+        """Whether scoring the catalogue runs a network per (user, item) pair
+        (NeuMF), which costs far more than a product of representations."""
+        return self._score_all_cost() > self.n_items
+
     def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
