@@ -300,7 +300,10 @@ class Trainer:
     def _log_epoch(self, record: dict[str, Any]) -> None:
         terms = " ".join(f"{k}={v:.4g}" for k, v in record.items()
                          if k not in ("epoch", "valid") and not k.endswith("seconds") and isinstance(v, (int, float)))
-        line = f"epoch {record['epoch'] + 1}/{self.config.epochs} {terms} ({record['seconds']:.2f}s)"
+        seconds = f"{record['seconds']:.2f}s"
+        if record.get("refresh_seconds", 0.0) >= 0.005:  # the method's work before the epoch (ranks, samples)
+            seconds += f" + refresh {record['refresh_seconds']:.2f}s"
+        line = f"epoch {record['epoch'] + 1}/{self.config.epochs} {terms} ({seconds})"
         if "valid" in record:
             line += " | valid " + " ".join(f"{k}={record['valid'][k]:.4f}" for k in metric_names(self.config.cutoffs)[:4])
         if self.stopped_early:

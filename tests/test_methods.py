@@ -11,6 +11,7 @@ import torch
 from rankdistill.errors import ConfigError
 from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
 from rankdistill.methods import rankings as rankings_module
+from rankdistill.methods import base as base_module
 from rankdistill.methods.base import Side
 from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
 from rankdistill.methods.rrd import sample_interesting, sample_uninteresting
@@ -257,6 +258,14 @@ def test_diagnostics_are_recorded_at_each_refresh(split, teacher, rankings):
     ranks = side.catalogue_ranks(new_model(split, 4), side.top)
     assert record["discrepancy_user"] == pytest.approx(float((ranks - side.teacher_rank).abs().float().mean()))
     assert record["discrepancy_item"] > 0
+
+
+@pytest.mark.parametrize("note_seconds, notes", [(0.0, 1), (1e9, 0)])
+def test_costly_diagnostics_are_pointed_out_once(split, teacher, rankings, monkeypatch, caplog, note_seconds, notes):
+    monkeypatch.setattr(base_module, "DIAGNOSTIC_NOTE_SECONDS", note_seconds)
+    with caplog.at_level("INFO", logger="rankdistill"):
+        run(split, teacher, rankings, "rrd", epochs=5, diagnose_every=2)  # three diagnoses
+    assert sum("diagnose_every=0 turns them off" in r.getMessage() for r in caplog.records) == notes
 
 
 def test_student_method_trains_the_plain_model(split, teacher, rankings):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
@@ -33,9 +34,13 @@ from ..trainer import Method
 
 __all__ = ["SIDES", "Distillation", "MethodOptions", "RowSchedule", "Side", "evaluation_mode", "listwise_losses"]
 
+log = logging.getLogger("rankdistill")
+
 SIDES = ("user", "item")
 # Ranks of the teacher's top entries that the diagnostic averages over (DCD Figure 1a).
 DIAGNOSTIC_TOP = 50
+# Diagnostics slower than this and than a training pass are pointed out once (NeuMF on a CPU: ~60 s).
+DIAGNOSTIC_NOTE_SECONDS = 1.0
 
 
 @contextlib.contextmanager
@@ -245,6 +250,7 @@ class Distillation(Method):
         self.rankings = rankings
         self.sides: dict[str, Side] = {}
         self._log: dict[str, float] = {}
+        self._diagnostics_noted = False
         self.schedule = RowSchedule(self.options.rows)
         if teacher is not None and not self.trains_teacher:
             teacher.requires_grad_(False)
@@ -273,7 +279,12 @@ class Distillation(Method):
             start = time.perf_counter()
             for name, side in self.sides.items():
                 self._log[f"discrepancy_{name}"] = self.discrepancy(trainer.model, side, ranks.get(name))
-            self._log["diagnostic_seconds"] = time.perf_counter() - start
+            seconds = self._log["diagnostic_seconds"] = time.perf_counter() - start
+            last_pass = trainer.history[-1]["seconds"] if trainer.history else 0.0
+            if not self._diagnostics_noted and seconds > max(DIAGNOSTIC_NOTE_SECONDS, last_pass):
+                self._diagnostics_noted = True
+                log.info("the discrepancy diagnostics took %.1f s, more than a training pass (%.1f s); "
+                         "-o diagnose_every=0 turns them off", seconds, last_pass)
 
     def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
         """Draw this epoch's samples. Returns the student's catalogue ranks of
