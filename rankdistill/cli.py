@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
-from .compare import (format_summary, load_run, paired_tests, plot_curves, summarize, table_metrics, teacher_runs,
-                      write_summary)
+from .compare import (TEACHER_BASELINE, format_summary, load_run, paired_tests, plot_curves, summarize, table_metrics,
+                      teacher_runs, write_summary)
 from .io import write_json
 from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_rankings, method_options
 from .models import MODELS, build_model, load_model, model_info
@@ -143,10 +143,10 @@ def _train_options() -> argparse.ArgumentParser:
 
 def _names(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    unknown = [name for name in names if name not in METHODS and name != TEACHER_BASELINE]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or text!r}; "
-                                         f"choose from {', '.join(METHODS)}")
+                                         f"choose from {', '.join([TEACHER_BASELINE, *METHODS])}")
     return list(dict.fromkeys(names))
 
 
@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", parents=[common, data, evaluation, training, _teacher_options()],
                                   help="several methods x seeds on one split and teacher: table, tests, figure")
     compare.add_argument("--methods", type=_names, default=["student", "rrd", "dcd"],
-                         help="comma-separated (default: student,rrd,dcd); see `rankdistill methods`")
+                         help="comma-separated (default: student,rrd,dcd); see `rankdistill methods`; "
+                              f"{TEACHER_BASELINE!r}: the teacher's model trained alone (at -o teacher_dim=N "
+                              "if given), the baseline of BD's and iBD's co-trained teachers")
     compare.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="comma-separated (default: 0,1,2)")
     compare.set_defaults(func=cmd_compare, role="student")
 
@@ -365,6 +367,22 @@ def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, sp
                   method=build_method(method, teacher, rankings, overrides), info=info)
 
 
+def _teacher_alone_config(args: argparse.Namespace, teacher) -> dict[str, Any]:
+    """The teacher's model, at ``-o teacher_dim=N`` when given (the size of
+    BD's fresh teacher), as a model configuration to train from scratch."""
+    dim = method_options("bd", _method_overrides(args, "bd")).teacher_dim or teacher.dim
+    return {**{k: v for k, v in teacher.config().items() if k not in ("n_users", "n_items")}, "dim": dim}
+
+
+def _compare_run(args: argparse.Namespace, method: str, seed: int, out: Path, split: Split, teacher,
+                 rankings) -> None:
+    if method == TEACHER_BASELINE:
+        _train("teacher", split, _teacher_alone_config(args, teacher), _train_config(args, seed), out,
+               resume=args.resume, overwrite=args.overwrite, info={"teacher": str(args.teacher)})
+    else:
+        _distill_run(args, method, seed, out, split, teacher, rankings)
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     check_device(args.device)
     split, teacher, rankings = _load_teacher(args)
@@ -390,11 +408,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             folder = out / method / f"seed{seed}"
             if (folder / RESULTS).exists() and not args.overwrite:
                 run = load_run(folder, method, seed)
-                _check_same_setup(run.results, folder, args, method, seed)
+                _check_same_setup(run.results, folder, args, method, seed, teacher)
                 log.info("%s seed %d: finished run found in %s", method, seed, folder)
             else:
                 resume = (folder / CHECKPOINT).exists() and not args.overwrite
-                _distill_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder, split,
+                _compare_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder, split,
                              teacher, rankings)
                 run = load_run(folder, method, seed)
             runs.setdefault(method, []).append(run)
@@ -419,14 +437,24 @@ def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) for k, v in train_config.items() if k not in ("device", "progress")}
 
 
-def _check_same_setup(results: dict[str, Any], folder: Path, args: argparse.Namespace, method: str, seed: int) -> None:
-    """A finished run is reused only if it was made with the same options."""
+def _check_same_setup(results: dict[str, Any], folder: Path, args: argparse.Namespace, method: str, seed: int,
+                      teacher) -> None:
+    """A finished run is reused only if it was made with the same model and options."""
+    if method == TEACHER_BASELINE:
+        model_config, options = _teacher_alone_config(args, teacher), None
+    else:
+        model_config = _model_config(args, args.model or teacher.name, args.dim or DEFAULT_DIMS["student"])
+        options = dataclasses.asdict(method_options(method, _method_overrides(args, method)))
     expected = {"train_config": _comparable(dataclasses.asdict(_train_config(args, seed))),
-                "method_options": dataclasses.asdict(method_options(method, _method_overrides(args, method)))}
+                "model_config": model_config, "method_options": options}
+    found_model = results.get("model_config", {})
     found = {"train_config": _comparable(results.get("train_config", {})),
+             "model_config": {key: found_model.get(key) for key in model_config},
              "method_options": results.get("method_options")}
-    if expected != found:
-        raise ConfigError(f"{folder} holds a finished run made with other options; "
+    names = {"train_config": "training options", "model_config": "model", "method_options": "method options"}
+    changed = [names[key] for key in expected if expected[key] != found[key]]
+    if changed:
+        raise ConfigError(f"{folder} holds a finished run made with other options ({', '.join(changed)}); "
                           "use another --out or pass --overwrite to redo it")
 
 

@@ -26,12 +26,15 @@ from .io import atomic_open, write_json
 from .methods.bd import TEACHER_TEST_PER_USER
 from .trainer import RESULTS, TEST_PER_USER
 
-__all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "table_metrics", "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary",
-           "write_summary"]
+__all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "TEACHER_BASELINE", "baseline_of", "table_metrics", "load_run",
+           "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "write_summary"]
 
 TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")  # the DCD/RRD papers' layout (sampled)
 FULL_TABLE_METRICS = ("H@50", "N@50", "H@100", "N@100")  # the BD papers' layout (full ranking)
 BASELINE = "student"
+# compare's row of the teacher's model trained alone: the baseline of the
+# co-trained teachers' rows (BD, iBD), as the plain student is of the students.
+TEACHER_BASELINE = "teacher"
 
 
 @dataclass
@@ -84,10 +87,19 @@ def teacher_runs(folder: str | Path, method: str, runs: list[Run]) -> list[Run]:
     return out
 
 
+def baseline_of(method: str, methods: Any) -> str | None:
+    """The row ``method`` is measured against among ``methods``: a co-trained
+    teacher (``bd-teacher``) against the teacher trained alone, anything else
+    against the plain student; None when that row was not run."""
+    base = TEACHER_BASELINE if method.endswith(f"-{TEACHER_BASELINE}") else BASELINE
+    return base if base in methods and base != method else None
+
+
 def summarize(runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> dict[str, Any]:
     """Per method: mean and std (over seeds, ddof 1 when there are several)
     of each test metric, seconds per epoch, and the relative improvement of the
-    mean over the student's mean (when the student was run)."""
+    mean over its baseline's mean (``baseline_of``: the plain student, or for
+    a co-trained teacher the teacher trained alone), when the baseline was run."""
     table: dict[str, Any] = {}
     for method, method_runs in runs.items():
         values = {m: np.array([run.test[m] for run in method_runs]) for m in metrics}
@@ -101,9 +113,11 @@ def summarize(runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRI
                                                   for run in method_runs])),
             "best_epochs": [run.results["best_epoch"] + 1 for run in method_runs],
         }
-    if BASELINE in table:
-        base = table[BASELINE]["mean"]
-        for entry in table.values():
+    for method, entry in table.items():
+        baseline = baseline_of(method, table)
+        if baseline is not None:
+            base = table[baseline]["mean"]
+            entry["improvement_over"] = baseline
             entry["improvement"] = {m: (entry["mean"][m] / base[m] - 1.0) if base[m] else float("nan")
                                     for m in metrics}
     return table
@@ -133,14 +147,15 @@ def paired_tests(runs: dict[str, list[Run]], metric: str = "H@5") -> list[dict[s
 
 def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
     header = ["Method", *metrics]
-    if any("improvement" in entry for entry in table.values()):
+    improvements = any("improvement" in entry for entry in table.values())
+    if improvements:
         header.append(f"Impr. {metrics[0]}")
     header += ["s/epoch", "seeds"]
     lines = [header]
     for method, entry in table.items():
         line = [method, *(f"{entry['mean'][m]:.4f} ± {entry['std'][m]:.4f}" for m in metrics)]
-        if "improvement" in entry:
-            line.append(f"{100 * entry['improvement'][metrics[0]]:+.2f}%")
+        if improvements:  # blank for a baseline row
+            line.append(f"{100 * entry['improvement'][metrics[0]]:+.2f}%" if "improvement" in entry else "")
         line += [f"{entry['seconds_per_epoch']:.2f}", str(len(entry["seeds"]))]
         lines.append(line)
     widths = [max(len(line[c]) for line in lines) for c in range(len(header))]
@@ -149,6 +164,10 @@ def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: 
         out.append("  ".join([line[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(line[1:], widths[1:])]))
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
+    bases = {entry["improvement_over"] for entry in table.values() if "improvement" in entry}
+    if TEACHER_BASELINE in bases:
+        out.append(f"(Impr.: over {BASELINE}; the co-trained teachers' rows over {TEACHER_BASELINE}, "
+                   "the teacher's model trained alone)")
     if tests:
         out.append("")
         out.append(f"paired t-tests on {tests[0]['metric']} over {tests[0]['n_users']} users "
@@ -175,12 +194,12 @@ def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[st
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["method", "seeds", *(f"{m} {s}" for m in metrics for s in ("mean", "std")),
-                     f"improvement {metrics[0]}", "seconds_per_epoch"])
+                     f"improvement {metrics[0]}", "improvement over", "seconds_per_epoch"])
     for method, entry in table.items():
         writer.writerow([method, len(entry["seeds"]),
                          *(f"{entry[s][m]:.6f}" for m in metrics for s in ("mean", "std")),
                          f"{entry['improvement'][metrics[0]]:.6f}" if "improvement" in entry else "",
-                         f"{entry['seconds_per_epoch']:.4f}"])
+                         entry.get("improvement_over", ""), f"{entry['seconds_per_epoch']:.4f}"])
     with atomic_open(folder / "summary.csv", "w") as f:
         f.write(text.getvalue())
 

@@ -291,3 +291,36 @@ def test_compare_lists_the_co_trained_teacher(tmp_path, capsys):
     assert {test["metric"] for test in summary["paired_tests"]} == {"H@50"}
     printed = capsys.readouterr().out
     assert "bd-teacher" in printed and "N@100" in printed and "M@5" not in printed
+
+
+def test_compare_trains_the_teacher_alone_as_the_co_trained_teachers_baseline(tmp_path, capsys):
+    data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
+    path = tmp_path / "ratings.tsv"
+    path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
+    common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
+    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(tmp_path / "t"), *common]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    def compare(teacher_dim):
+        return main(["compare", "--methods", "teacher,student,bd", "--seeds", "0,1", "--teacher",
+                     str(tmp_path / "t" / "best.pt"), "--dim", "4", "--top", "10", "--protocol", "full",
+                     "-o", "teacher_init=fresh", "-o", f"teacher_dim={teacher_dim}", "--out", str(out), *common])
+
+    assert compare(6) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"] == ["teacher", "student", "bd", "bd-teacher"]
+    alone = json.loads((out / "teacher" / "seed1" / "results.json").read_text())
+    assert alone["role"] == "teacher" and alone["model_config"]["dim"] == 6 and alone["train_config"]["seed"] == 1
+    table = summary["table"]
+    # a co-trained teacher is measured against the teacher alone, the student rows against the student
+    h50 = {m: np.mean([r["test"]["H@50"] for r in summary["runs"] if r["method"] == m]) for m in table}
+    assert table["bd-teacher"]["improvement_over"] == "teacher"
+    assert table["bd-teacher"]["improvement"]["H@50"] == pytest.approx(h50["bd-teacher"] / h50["teacher"] - 1)
+    assert table["bd"]["improvement_over"] == "student"
+    assert table["bd"]["improvement"]["H@50"] == pytest.approx(h50["bd"] / h50["student"] - 1)
+    assert "improvement" not in table["student"]
+    assert ("teacher", "bd-teacher") in {(t["a"], t["b"]) for t in summary["paired_tests"]}
+    assert "over teacher, the teacher's model trained alone" in capsys.readouterr().out
+    # the finished teacher runs are reused, and refused when the model asked for differs
+    assert compare(6) == 0
+    assert compare(7) == 2 and "made with other options (model)" in capsys.readouterr().err
