@@ -255,15 +255,23 @@ def test_resume_is_exact_for_both_models(split, teacher, tmp_path, name):
 
 # ---------------------------------------------------------------- command line
 
-def test_cli_distill_bd(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cli_teacher(tmp_path_factory):
+    """The command line's common options on a small ratings file, and a teacher trained on it."""
+    folder = tmp_path_factory.mktemp("cli")
     data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
-    path = tmp_path / "ratings.tsv"
+    path = folder / "ratings.tsv"
     path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
-    teacher_dir = tmp_path / "teacher"
     common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
-    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(teacher_dir), *common]) == 0
+    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(folder / "t"), *common]) == 0
+    return common, folder / "t" / "best.pt"
+
+
+def test_cli_distill_bd(tmp_path, capsys, cli_teacher):
+    common, teacher = cli_teacher
+    capsys.readouterr()
     out = tmp_path / "bd"
-    assert main(["distill", "--method", "bd", "--teacher", str(teacher_dir / "best.pt"), "--dim", "4",
+    assert main(["distill", "--method", "bd", "--teacher", str(teacher), "--dim", "4",
                  "--top", "10", "--out", str(out), "-o", "bd:update_every=1", "--protocol", "full", *common]) == 0
     printed = capsys.readouterr().out
     assert "bd teacher" in printed
@@ -271,15 +279,11 @@ def test_cli_distill_bd(tmp_path, capsys):
     assert results["method"] == "bd" and "teacher_test" in results and (out / TEACHER_MODEL).exists()
 
 
-def test_compare_lists_the_co_trained_teacher(tmp_path, capsys):
-    data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
-    path = tmp_path / "ratings.tsv"
-    path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
-    common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
-    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(tmp_path / "t"), *common]) == 0
+def test_compare_lists_the_co_trained_teacher(tmp_path, capsys, cli_teacher):
+    common, teacher = cli_teacher
     capsys.readouterr()
     out = tmp_path / "cmp"
-    assert main(["compare", "--methods", "student,bd", "--seeds", "0", "--teacher", str(tmp_path / "t" / "best.pt"),
+    assert main(["compare", "--methods", "student,bd", "--seeds", "0", "--teacher", str(teacher),
                  "--dim", "4", "--top", "10", "--protocol", "full", "--out", str(out), *common]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["student", "bd", "bd-teacher"]
@@ -293,17 +297,12 @@ def test_compare_lists_the_co_trained_teacher(tmp_path, capsys):
     assert "bd-teacher" in printed and "N@100" in printed and "M@5" not in printed
 
 
-def test_compare_trains_the_teacher_alone_as_the_co_trained_teachers_baseline(tmp_path, capsys):
-    data = synthetic(100, 150, n_factors=6, mean_interactions=12, min_interactions=5, seed=2)
-    path = tmp_path / "ratings.tsv"
-    path.write_text("".join(f"{u}\t{i}\n" for u, i in zip(data.users, data.items)))
-    common = ["--data", str(path), "--epochs", "2", "--no-progress", "-q"]
-    assert main(["teacher", "--dim", "8", "--eval-candidates", "40", "--out", str(tmp_path / "t"), *common]) == 0
+def test_compare_trains_the_teacher_alone_as_the_co_trained_teachers_baseline(tmp_path, capsys, cli_teacher):
+    common, teacher = cli_teacher
     capsys.readouterr()
     out = tmp_path / "cmp"
     def compare(teacher_dim):
-        return main(["compare", "--methods", "teacher,student,bd", "--seeds", "0,1", "--teacher",
-                     str(tmp_path / "t" / "best.pt"), "--dim", "4", "--top", "10", "--protocol", "full",
+        return main(["compare", "--methods", "teacher,student,bd", "--seeds", "0,1", "--teacher", str(teacher), "--dim", "4", "--top", "10", "--protocol", "full",
                      "-o", "teacher_init=fresh", "-o", f"teacher_dim={teacher_dim}", "--out", str(out), *common])
 
     assert compare(6) == 0
