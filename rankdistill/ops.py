@@ -62,9 +62,15 @@ def rank_positions(
     Returns:
         int64 ``[B, T]`` (or ``[B, N]``).
 
+    Scores are compared in float32 (exact for the half types; float64 scores
+    are rounded to float32 first, so values that differ only beyond float32
+    precision tie and are ordered by column).
+
     Raises ValueError for NaN scores, a malformed ``exclude`` or a shape
     mismatch, IndexError for a column index out of range, TypeError for a
-    wrong dtype. With targets, no ``[B, N]`` temporary is created.
+    wrong dtype. With targets, no ``[B, N]`` temporary is created (on CUDA,
+    rows with more than 8,192 targets are sorted in blocks of rows of at most
+    2^24 scores).
     """
     indptr, indices = _exclude_arrays(exclude)
     return _ops.rank_positions(scores, targets, indptr, indices)

@@ -94,6 +94,30 @@ def test_all_columns(device, with_exclude):
         assert torch.equal(got.sort(1).values.cpu(), all_cols)
 
 
+def test_many_targets_per_row(device):
+    # More targets than one CUDA tile handles many times over (> 8 x 1024):
+    # both backends sort the row instead of counting; ties and exclusions too.
+    gen = torch.Generator().manual_seed(9)
+    scores = torch.randint(-40, 40, (3, 12_000), generator=gen).float()
+    targets = torch.randint(0, 12_000, (3, 9_000), generator=gen)
+    exclude, _ = random_exclude(3, 12_000, 3_000, gen)
+    expected = reference.rank_positions(scores, targets, exclude=exclude)
+    got = ops.rank_positions(scores.to(device), targets.to(device), exclude=tuple(t.to(device) for t in exclude))
+    assert torch.equal(got.cpu(), expected)
+
+
+def test_all_columns_of_a_large_catalogue(device):
+    # 18 rows x 2^20 columns: more than one row block of the CUDA sort path
+    # (2^24 elements), with exclusions on both sides of the block boundary.
+    gen = torch.Generator().manual_seed(10)
+    num_rows, num_cols = 18, 1 << 20
+    scores = torch.randint(0, 1000, (num_rows, num_cols), generator=gen).float()
+    exclude, _ = random_exclude(num_rows, num_cols, 50, gen)
+    expected = reference.rank_positions(scores, exclude=exclude)
+    got = ops.rank_positions(scores.to(device), exclude=tuple(t.to(device) for t in exclude))
+    assert torch.equal(got.cpu(), expected)
+
+
 def test_non_contiguous_scores_and_item_side(device):
     gen = torch.Generator().manual_seed(5)
     user_item = torch.randn(30, 70, generator=gen).to(device)

@@ -221,3 +221,15 @@ def test_discrepancy_errors(device):
     nan_rank[0, 0] = float("nan")
     with pytest.raises(ValueError, match="finite and non-negative"):
         ops.discrepancy_sample(nan_rank, s.double(), 1, mu=1e-3, direction="under")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: a generator of the other device")
+def test_generator_of_another_device_is_refused():
+    for weights_device, generator_device in (("cpu", "cuda"), ("cuda", "cpu")):
+        w = torch.rand(3, 4, device=weights_device)
+        gen = torch.Generator(generator_device).manual_seed(0)
+        with pytest.raises(ValueError, match="generator is on"):
+            ops.weighted_sample(w, 2, generator=gen)
+        ranks = torch.zeros(3, 4, dtype=torch.long, device=weights_device)
+        with pytest.raises(ValueError, match="generator is on"):
+            ops.discrepancy_sample(ranks, ranks, 1, mu=1e-3, direction="under", generator=gen)

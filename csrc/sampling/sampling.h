@@ -2,6 +2,7 @@
 // What the CPU and CUDA samplers share: input checks, the two weight
 // definitions (a weight tensor, or DCD's rank discrepancy computed on the
 // fly) and the invalid-weight rule.
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
@@ -63,6 +64,14 @@ inline void check_sample_size(int64_t k, int64_t num_rows, int64_t num_cols) {
   // The random stream is addressed by 32-bit row and column counters.
   TORCH_CHECK_VALUE(num_rows < (int64_t{1} << 32) && num_cols < (int64_t{1} << 32),
                     "at most 2^32 - 1 rows and columns are supported, got ", num_rows, " x ", num_cols);
+}
+
+// A generator of another device would draw from the wrong stream (or fail
+// deep inside PyTorch): say so in the op's own words.
+inline void check_generator_device(const std::optional<at::Generator>& generator, const at::Device& device) {
+  if (!generator.has_value() || !generator->defined()) return;
+  TORCH_CHECK_VALUE(generator->device() == device, "generator is on ", generator->device(),
+                    " but the inputs are on ", device, ": pass a generator of the inputs' device");
 }
 
 inline void check_weighted_sample_inputs(const at::Tensor& weights, int64_t k) {

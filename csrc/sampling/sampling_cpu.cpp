@@ -21,7 +21,8 @@
 namespace rankdistill {
 namespace {
 
-uint64_t draw_seed(const std::optional<at::Generator>& generator) {
+uint64_t draw_seed(const std::optional<at::Generator>& generator, const at::Device& device) {
+  check_generator_device(generator, device);
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
   std::lock_guard<std::mutex> lock(gen->mutex_);
   return gen->random64();
@@ -105,7 +106,7 @@ at::Tensor weighted_sample_cpu(const at::Tensor& weights, int64_t k, bool sorted
                                const std::optional<at::Generator>& generator) {
   check_weighted_sample_inputs(weights, k);
   const at::Tensor w = weights.contiguous();
-  const uint64_t seed = draw_seed(generator);
+  const uint64_t seed = draw_seed(generator, w.device());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "weighted_sample_cpu", [&] {
     out = sample_rows(TensorWeights<scalar_t>{w.const_data_ptr<scalar_t>(), w.size(1)}, w.size(0), w.size(1), k,
@@ -118,7 +119,7 @@ at::Tensor discrepancy_sample_cpu(const at::Tensor& student_rank, const at::Tens
                                   double mu, bool under, bool sorted, const std::optional<at::Generator>& generator) {
   check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu);
   const at::Tensor student = student_rank.contiguous(), teacher = teacher_rank.contiguous();
-  const uint64_t seed = draw_seed(generator);
+  const uint64_t seed = draw_seed(generator, student.device());
   at::Tensor out;
   AT_DISPATCH_V2(
       student.scalar_type(), "discrepancy_sample_cpu", AT_WRAP([&] {

@@ -45,12 +45,17 @@ constexpr int kMaxThreads = 512;
 constexpr int64_t kMaxRowBlocks = 65535;
 constexpr int64_t kMaxCellBlocks = int64_t{1} << 20;
 
+// PyTorch's own CUDA kernels draw Philox blocks under the generator's seed
+// as key, at counters that can coincide with this op's (pair, row, offset)
+// counters; a different key makes this op's stream independent of theirs.
+constexpr uint64_t kStreamKeySalt = 0x9E3779B97F4A7C15ull;
+
 // The CPU's key, except that a positive weight whose key overflows to -inf
 // (a float64 weight below about 1e-307) gets -DBL_MAX instead: the CPU still
 // treats such a column as drawable, and -inf here marks the non-drawable ones.
 __device__ __forceinline__ double draw_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double w) {
   if (!(w > 0.0) || w == INFINITY) return -INFINITY;
-  return fmax(sampling_key(seed, offset, row, col, w), -DBL_MAX);
+  return fmax(sampling_key(seed ^ kStreamKeySalt, offset, row, col, w), -DBL_MAX);
 }
 
 template <typename Weights>
@@ -130,7 +135,10 @@ __global__ void sampling_keys_kernel(Weights weights, int64_t num_rows, int64_t 
   if (invalid) *saw_invalid = 1;
 }
 
-at::PhiloxCudaState draw_state(const std::optional<at::Generator>& generator) {
+// The default generator is the one of the current device, which the caller's
+// CUDAGuard has set to the inputs' device.
+at::PhiloxCudaState draw_state(const std::optional<at::Generator>& generator, const at::Device& device) {
+  check_generator_device(generator, device);
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator,
                                                                   at::cuda::detail::getDefaultCUDAGenerator());
   std::lock_guard<std::mutex> lock(gen->mutex_);
@@ -183,7 +191,7 @@ at::Tensor weighted_sample_cuda(const at::Tensor& weights, int64_t k, bool sorte
   check_weighted_sample_inputs(weights, k);
   const c10::cuda::CUDAGuard device_guard(weights.device());
   const at::Tensor w = weights.contiguous();
-  const at::PhiloxCudaState state = draw_state(generator);
+  const at::PhiloxCudaState state = draw_state(generator, w.device());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "weighted_sample_cuda", [&] {
     out = sample_rows(TensorWeights<scalar_t>{w.const_data_ptr<scalar_t>(), w.size(1)}, w.size(0), w.size(1), k,
@@ -198,7 +206,7 @@ at::Tensor discrepancy_sample_cuda(const at::Tensor& student_rank, const at::Ten
   check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu);
   const c10::cuda::CUDAGuard device_guard(student_rank.device());
   const at::Tensor student = student_rank.contiguous(), teacher = teacher_rank.contiguous();
-  const at::PhiloxCudaState state = draw_state(generator);
+  const at::PhiloxCudaState state = draw_state(generator, student.device());
   at::Tensor out;
   AT_DISPATCH_V2(
       student.scalar_type(), "discrepancy_sample_cuda", AT_WRAP([&] {
