@@ -89,10 +89,13 @@ def teacher_runs(folder: str | Path, method: str, runs: list[Run]) -> list[Run]:
 
 def baseline_of(method: str, methods: Any) -> str | None:
     """The row ``method`` is measured against among ``methods``: a co-trained
-    teacher (``bd-teacher``) against the teacher trained alone, anything else
-    against the plain student; None when that row was not run."""
+    teacher (``bd-teacher``) against the teacher trained alone, any other
+    method against the plain student; None for the two baselines themselves
+    and when the baseline was not run."""
+    if method in (BASELINE, TEACHER_BASELINE):
+        return None
     base = TEACHER_BASELINE if method.endswith(f"-{TEACHER_BASELINE}") else BASELINE
-    return base if base in methods and base != method else None
+    return base if base in methods else None
 
 
 def summarize(runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> dict[str, Any]:
