@@ -5,7 +5,8 @@
 // ranks before; the row's excluded columns are taken off the same way, and an
 // inclusive prefix sum of the counts is each sorted target's rank. Nothing of
 // size [B, N] is allocated; a row with T targets is read ceil(T / kTile) times.
-// For all columns (T = N) or very many targets that would be quadratic, so
+// With no targets given, the targets are the N columns themselves. For very
+// many targets (all columns of a large catalogue) that would be quadratic, so
 // rows are ranked by a stable sort instead (rank_by_sort), in blocks of rows
 // whose temporaries stay within kSortBudget elements.
 #include <ATen/Dispatch.h>
@@ -54,7 +55,7 @@ struct StridedRow {
   }
 };
 
-// targets: [B, T] contiguous.
+// targets: [B, T] contiguous, or nullptr for all columns (T = N).
 // excluded_indptr/indices: CSR with each row's indices sorted, or nullptr.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(kThreads)
     // Padding (score -inf, column INT_MAX) sorts after every real target.
     for (int l = threadIdx.x; l < sort_size; l += blockDim.x) {
       if (l < n) {
-        const int64_t col = targets[row * num_targets + tile_start + l];
+        const int64_t col = targets != nullptr ? targets[row * num_targets + tile_start + l] : tile_start + l;
         target_scores[l] = row_scores[col];
         target_cols[l] = static_cast<int>(col);
       } else {
@@ -202,7 +203,7 @@ at::Tensor rank_positions_cuda(const at::Tensor& scores, const std::optional<at:
   const int64_t num_rows = call.num_rows, num_cols = call.num_cols, num_targets = call.num_targets;
   const at::Tensor& targets = call.targets;
   const at::Tensor& out = call.out;
-  if (call.all_columns() || num_targets > kSortTargets) {
+  if (num_targets > kSortTargets) {
     rank_by_sort(scores, targets, indptr_opt, indices_opt, out);
     return out;
   }
@@ -226,7 +227,7 @@ at::Tensor rank_positions_cuda(const at::Tensor& scores, const std::optional<at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "rank_positions_cuda", [&] {
     rank_positions_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.stride(1), num_rows, num_cols,
-        targets.const_data_ptr<int64_t>(), num_targets, sort_size,
+        call.all_columns() ? nullptr : targets.const_data_ptr<int64_t>(), num_targets, sort_size,
         excluded_indptr.defined() ? excluded_indptr.const_data_ptr<int64_t>() : nullptr,
         excluded_indices.defined() ? excluded_indices.const_data_ptr<int64_t>() : nullptr,
         out.mutable_data_ptr<int64_t>(), saw_nan.mutable_data_ptr<int>());
