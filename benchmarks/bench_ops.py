@@ -77,7 +77,8 @@ def rank_case(num_rows, num_cols, num_targets, exclude_per_row, cpu_row_cap=None
         rows = num_rows if device.type == "cuda" or cpu_row_cap is None else min(num_rows, cpu_row_cap)
         gen = torch.Generator(device).manual_seed(0)
         scores = torch.randn(rows, num_cols, device=device, generator=gen)
-        targets = torch.randint(0, num_cols, (rows, num_targets), device=device, generator=gen)
+        targets = None if num_targets is None else torch.randint(0, num_cols, (rows, num_targets), device=device,
+                                                                 generator=gen)
         exclude = None
         if exclude_per_row:
             indptr = torch.arange(0, (rows + 1) * exclude_per_row, exclude_per_row, device=device)
@@ -90,7 +91,7 @@ def rank_case(num_rows, num_cols, num_targets, exclude_per_row, cpu_row_cap=None
         def run_reference():
             return torch.cat([
                 reference.rank_positions(
-                    scores[lo:lo + chunk], targets[lo:lo + chunk],
+                    scores[lo:lo + chunk], None if targets is None else targets[lo:lo + chunk],
                     exclude=None if exclude is None else _slice_csr(exclude, lo, min(lo + chunk, rows)),
                 )
                 for lo in range(0, rows, chunk)
@@ -154,6 +155,8 @@ CASES = [
          cpu_rows="4096 of 24941 rows"),
     Case("rank_positions", "catalogue 4096 x 1000000, T=500", rank_case(4096, 1_000_000, 500, 0, cpu_row_cap=64),
          cpu_rows="64 of 4096 rows"),
+    # BD's sampling round: every item of every user, each user's items excluded
+    Case("rank_positions", "CiteULike 5551 x 16980, all columns, 40 excluded/row", rank_case(5551, 16980, None, 40)),
     Case("relaxed_listmle fwd+bwd", "B=1024, K=L=40", listmle_case(1024, 40, 40)),
     Case("relaxed_listmle fwd+bwd", "B=5219, K=L=40", listmle_case(5219, 40, 40)),
     Case("weighted_sample", "5219 x 500, k=40", weighted_case(5219, 500, 40)),
