@@ -280,11 +280,12 @@ class Distillation(Method):
             for name, side in self.sides.items():
                 self._log[f"discrepancy_{name}"] = self.discrepancy(trainer.model, side, ranks.get(name))
             seconds = self._log["diagnostic_seconds"] = time.perf_counter() - start
-            last_pass = trainer.history[-1]["seconds"] if trainer.history else 0.0
-            if not self._diagnostics_noted and seconds > max(DIAGNOSTIC_NOTE_SECONDS, last_pass):
+            last_pass = trainer.history[-1]["seconds"] if trainer.history else None  # none yet at the start
+            if not self._diagnostics_noted and seconds > max(DIAGNOSTIC_NOTE_SECONDS, last_pass or 0.0):
                 self._diagnostics_noted = True
-                log.info("the discrepancy diagnostics took %.1f s, more than a training pass (%.1f s); "
-                         "-o diagnose_every=0 turns them off", seconds, last_pass)
+                than = "" if last_pass is None else f", more than a training pass ({last_pass:.1f} s)"
+                log.info("the discrepancy diagnostics took %.1f s every %d epochs%s; -o diagnose_every=0 turns them off",
+                         seconds, every, than)
 
     def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
         """Draw this epoch's samples. Returns the student's catalogue ranks of
