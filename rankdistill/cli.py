@@ -427,7 +427,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
     print(format_summary(table, tests, metrics))
-    print(f"saved: {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'curves.png'}")
+    print(f"saved: {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'curves.png'}")
     return 0
 
 

@@ -27,7 +27,8 @@ from .methods.bd import TEACHER_TEST_PER_USER
 from .trainer import RESULTS, TEST_PER_USER
 
 __all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "TEACHER_BASELINE", "baseline_of", "table_metrics", "load_run",
-           "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "write_summary"]
+           "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "markdown_summary",
+           "write_summary"]
 
 TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")  # the DCD/RRD papers' layout (sampled)
 FULL_TABLE_METRICS = ("H@50", "N@50", "H@100", "N@100")  # the BD papers' layout (full ranking)
@@ -183,8 +184,9 @@ def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: 
 
 def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[str, Any]],
                   runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> None:
-    """``summary.json`` (table, tests, every run's test metrics) and
-    ``summary.csv`` (one row per method: mean and std of each metric)."""
+    """``summary.json`` (table, tests, every run's test metrics),
+    ``summary.csv`` (one row per method: mean and std of each metric) and
+    ``summary.md`` (the table and the tests in Markdown, for a report)."""
     folder = Path(folder)
     write_json(folder / "summary.json", {
         "methods": list(table),
@@ -205,6 +207,28 @@ def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[st
                          entry.get("improvement_over", ""), f"{entry['seconds_per_epoch']:.4f}"])
     with atomic_open(folder / "summary.csv", "w") as f:
         f.write(text.getvalue())
+    with atomic_open(folder / "summary.md", "w") as f:
+        f.write(markdown_summary(table, tests, metrics))
+
+
+def markdown_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
+    """The papers' table as Markdown: mean ± std over seeds, the improvement
+    of the first metric over the row's baseline, seconds per epoch, seeds;
+    then the paired t-tests."""
+    lines = [f"| | {' | '.join(metrics)} | vs baseline ({metrics[0]}) | s/epoch | seeds |",
+             "|---" * (len(metrics) + 4) + "|"]
+    for method, entry in table.items():
+        cells = [f"{entry['mean'][m]:.4f} ± {entry['std'][m]:.4f}" for m in metrics]
+        versus = (f"{100 * entry['improvement'][metrics[0]]:+.1f}% ({entry['improvement_over']})"
+                  if "improvement" in entry else "")
+        lines.append(f"| {method} | {' | '.join(cells)} | {versus} | {entry['seconds_per_epoch']:.2f} | "
+                     f"{len(entry['seeds'])} |")
+    if tests:
+        lines += ["", f"Paired t-tests on {tests[0]['metric']} over {tests[0]['n_users']} users "
+                      "(each user's value averaged over seeds):", ""]
+        lines += [f"- {t['a']} vs {t['b']}: mean difference {t['mean_difference']:+.4f}, p = {t['p']:.2g}"
+                  for t in tests]
+    return "\n".join(lines) + "\n"
 
 
 def _mean_curve(histories: list[list[dict[str, Any]]], key: str, metric: str = "H@5") -> tuple[np.ndarray, np.ndarray]:

@@ -320,6 +320,10 @@ def test_compare_trains_the_teacher_alone_as_the_co_trained_teachers_baseline(tm
     assert "improvement" not in table["student"] and "improvement" not in table["teacher"]
     assert ("teacher", "bd-teacher") in {(t["a"], t["b"]) for t in summary["paired_tests"]}
     assert "over teacher, the teacher's model trained alone" in capsys.readouterr().out
+    report = (out / "summary.md").read_text().splitlines()
+    assert report[0] == "| | H@50 | N@50 | H@100 | N@100 | vs baseline (H@50) | s/epoch | seeds |"
+    row = next(line for line in report if line.startswith("| bd-teacher |"))
+    assert f"{h50['bd-teacher']:.4f} ± " in row and f"{100 * (h50['bd-teacher'] / h50['teacher'] - 1):+.1f}% (teacher)" in row
     # the finished teacher runs are reused, and refused when the model asked for differs
     assert compare(6) == 0
     assert compare(7) == 2 and "made with other options (model)" in capsys.readouterr().err
