@@ -149,6 +149,11 @@ def paired_tests(runs: dict[str, list[Run]], metric: str = "H@5") -> list[dict[s
     return tests
 
 
+def _p_value(p: float) -> str:
+    # scipy returns 0.0 below the smallest double: say so rather than "p = 0"
+    return f"p = {p:.2g}" if p > 0 else "p < 1e-300"
+
+
 def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: tuple[str, ...] = TABLE_METRICS) -> str:
     header = ["Method", *metrics]
     improvements = any("improvement" in entry for entry in table.values())
@@ -178,7 +183,7 @@ def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: 
                    "(per-user values averaged over seeds):")
         for test in tests:
             out.append(f"  {test['a']} vs {test['b']}: mean difference {test['mean_difference']:+.4f}, "
-                       f"t = {test['t']:.2f}, p = {test['p']:.2g}")
+                       f"t = {test['t']:.2f}, {_p_value(test['p'])}")
     return "\n".join(out)
 
 
@@ -226,7 +231,7 @@ def markdown_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics
     if tests:
         lines += ["", f"Paired t-tests on {tests[0]['metric']} over {tests[0]['n_users']} users "
                       "(each user's value averaged over seeds):", ""]
-        lines += [f"- {t['a']} vs {t['b']}: mean difference {t['mean_difference']:+.4f}, p = {t['p']:.2g}"
+        lines += [f"- {t['a']} vs {t['b']}: mean difference {t['mean_difference']:+.4f}, {_p_value(t['p'])}"
                   for t in tests]
     return "\n".join(lines) + "\n"
 

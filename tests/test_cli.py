@@ -8,10 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rankdistill.cli import main
-from rankdistill.compare import Run, plot_curves, table_metrics
+from rankdistill.compare import Run, format_summary, markdown_summary, paired_tests, plot_curves, summarize, table_metrics
 from rankdistill.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,3 +204,15 @@ def test_curves_draw_the_discrepancy_panel_only_when_recorded(tmp_path, discrepa
     header = path.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">I", header[16:20])[0] == width  # one panel or two, 120 dpi
+
+
+def test_paired_test_p_below_the_smallest_double_is_not_printed_as_zero():
+    # Users with a large, consistent difference: scipy's p underflows to 0.
+    runs = {m: [Run(m, 0, {"test": {"H@5": v}, "seconds_per_epoch": 1.0, "best_epoch": 0},
+                    {"H@5": np.full(5000, v) + np.linspace(0, 1e-3, 5000) * (m == "b")})]
+            for m, v in (("a", 0.0), ("b", 1.0))}
+    tests = paired_tests(runs, "H@5")
+    assert tests[0]["p"] == 0.0
+    table = summarize(runs, ("H@5",))
+    for text in (format_summary(table, tests, ("H@5",)), markdown_summary(table, tests, ("H@5",))):
+        assert "p < 1e-300" in text and "p = 0" not in text
