@@ -280,12 +280,13 @@ def _train(role: str, split: Split, model_config: dict[str, Any], config: TrainC
     seed_everything(config.seed)
     model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
                         train=_train_csr(split, config.device))
-    log.info("%s: %s dim %d, %s parameters, method %s -> %s", role, model.name, model.dim,
-             f"{model.num_parameters():,}", method.name, out)
+    plain = method.name == "student"  # the base trainer's method: no distillation (also a teacher's run)
+    log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim, f"{model.num_parameters():,}",
+             "no distillation" if plain else f"method {method.name}", out)
     trainer = Trainer(model, split, config, method=method, out_dir=out,
                       info={"role": role, "data": split.train.name, **(info or {})})
     result = trainer.fit(resume=resume)
-    label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if method.name == "student" else method.name
+    label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if plain else method.name
     return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
 
 
