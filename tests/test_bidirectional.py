@@ -12,8 +12,8 @@ from rankdistill.cli import main
 from rankdistill.data import synthetic
 from rankdistill.errors import ConfigError
 from rankdistill.methods import build_method, compute_rankings
-from rankdistill.methods.bd import (TEACHER_MODEL, bd_weights, retain_uncorrected, sample_discrepancies,
-                                    soft_label_bce)
+from rankdistill.methods.bd import (TEACHER_MODEL, bd_weights, drop_repeats, retain_uncorrected,
+                                    sample_discrepancies, soft_label_bce)
 from rankdistill.models import load_model
 from rankdistill.trainer import Trainer
 
@@ -148,6 +148,58 @@ def test_ibd_round_keeps_uncorrected_items_apart_from_the_new_sample(split, teac
         assert torch.equal((both >= 0).sum(1), (new >= 0).sum(1) + (kept >= 0).sum(1))
 
 
+def test_drop_repeats_keeps_the_first_of_each_column_in_order():
+    cols = torch.tensor([[5, 3, 5, -1, 3, 7], [-1, -1, 2, 2, 2, 0]])
+    assert drop_repeats(cols).tolist() == [[5, 3, -1, -1, -1, 7], [-1, -1, 2, -1, -1, 0]]
+
+
+def _columns(rows):
+    return [{int(c) for c in row if c >= 0} for row in rows]
+
+
+def test_redraw_every_epoch_draws_anew_from_the_rounds_weights(split, teacher):
+    method, trainer = started(split, teacher, "bd", samples=5, update_every=3, redraw_every=1)
+    with torch.no_grad():
+        gap = _ranks(trainer.model, split) - _ranks(method.teacher, split)  # R_S - R_T, as the round sees it
+    draws = []
+    for epoch in range(3):
+        method.refresh(trainer, epoch)  # a round at epoch 0 only
+        draws.append(method.distilled("ts").clone())
+    assert method.sets["ts"]["new"].shape[1] == 3 * 5  # the round's three draws, side by side
+    for draw in draws:
+        assert draw.shape[1] == 5
+        for u, cols in enumerate(_columns(draw)):
+            assert len(cols) == int((draw[u] >= 0).sum())  # without replacement within a draw
+            assert all(gap[u, c] > 0 for c in cols)  # T->S weight positive: the teacher ranks it higher
+    # independent draws: different items in different epochs for most users
+    differ = [a != b for a, b in zip(_columns(draws[0]), _columns(draws[1]))]
+    assert np.mean(differ) > 0.5
+    method.refresh(trainer, 3)  # the next round replaces all three
+    assert not torch.equal(method.sets["ts"]["new"][:, :5], draws[0])
+
+
+def test_one_draw_per_round_is_kept_for_the_round(split, teacher):
+    method, trainer = started(split, teacher, "bd", samples=5, update_every=3)
+    method.refresh(trainer, 0)
+    first = method.distilled("st").clone()
+    for epoch in (1, 2):
+        method.refresh(trainer, epoch)
+        assert torch.equal(method.distilled("st"), first)
+
+
+def test_ibd_judges_an_item_drawn_twice_in_a_round_once(split, teacher):
+    method, trainer = started(split, teacher, "ibd", samples=6, update_every=4, redraw_every=1, retain=50)
+    method.refresh(trainer, 0)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method.refresh(trainer, 4)
+    for d in ("ts", "st"):
+        kept = method.sets[d]["retained"]
+        assert (kept >= 0).any()
+        assert all(len(cols) == int((row >= 0).sum()) for cols, row in zip(_columns(kept), kept))
+
+
 def _ranks(model, split):
     """Full ranks of every item per user, training items excluded (plain PyTorch)."""
     scores = model.score_all(torch.arange(split.n_users)).float()
@@ -235,13 +287,15 @@ def test_fresh_teacher_is_a_new_model_of_the_given_kind(split, teacher):
 # ---------------------------------------------------------------- resume
 
 @pytest.mark.parametrize("name", ["bd", "ibd"])
-def test_resume_is_exact_for_both_models(split, teacher, tmp_path, name):
-    options = {"update_every": 2, "rows": "spread", "samples": 8}
+@pytest.mark.parametrize("redraw_every", [0, 1])
+def test_resume_is_exact_for_both_models(split, teacher, tmp_path, name, redraw_every):
+    options = {"update_every": 2, "rows": "spread", "samples": 8, "redraw_every": redraw_every}
 
     def other_method():  # another teacher and student: the checkpoint must win
         torch.manual_seed(999)
         return build_method(name, new_model(split, 16, seed=7), None, options)
-    # Killed at epoch 3: after the round of epoch 2, before the next one.
+    # Killed at epoch 3: after the round of epoch 2, before the next one (with
+    # redraw_every=1, before the round's second draw).
     whole, resumed = interrupted_and_resumed(split, lambda: build_method(name, teacher, None, options), tmp_path,
                                              epochs=5, crash_at=3, resume_method=other_method, resume_seed=8)
     assert strip(resumed.history) == strip(whole.history)

@@ -54,8 +54,8 @@ from .base import Distillation, MethodOptions, evaluation_mode
 if TYPE_CHECKING:
     from ..trainer import Batch, Trainer
 
-__all__ = ["BD", "BDOptions", "IBD", "IBDOptions", "DIRECTIONS", "TEACHER_MODEL", "bd_weights", "retain_uncorrected",
-           "sample_discrepancies", "soft_label_bce"]
+__all__ = ["BD", "BDOptions", "IBD", "IBDOptions", "DIRECTIONS", "TEACHER_MODEL", "bd_weights", "drop_repeats",
+           "retain_uncorrected", "sample_discrepancies", "soft_label_bce"]
 
 TEACHER_MODEL = "teacher.pt"
 TEACHER_TEST_PER_USER = "teacher_test_per_user.npz"
@@ -75,8 +75,9 @@ class BidirectionalOptions(MethodOptions):
     temperature: float = 5.0
     eps: float = 1e-4  # S->T sampler (the teacher's)
     eps_t: float = 1e-2  # T->S sampler (the student's)
-    samples: int = 20  # new items per user, direction and round
-    update_every: int = 10  # epochs per sampling round
+    samples: int = 20  # new items per user, direction and draw
+    update_every: int = 10  # epochs per sampling round (ranks of every item)
+    redraw_every: int = 0  # epochs per draw from a round's weights; 0: one draw, kept for the whole round
     teacher_init: str = "trained"
     teacher_dim: int = 0
 
@@ -88,6 +89,8 @@ class BidirectionalOptions(MethodOptions):
         for name in ("samples", "update_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
+        if self.redraw_every < 0:
+            raise ConfigError(f"option redraw_every must be >= 0, got {self.redraw_every}")
         if self.teacher_init not in TEACHER_INITS:
             raise ConfigError(f"option teacher_init must be one of {', '.join(TEACHER_INITS)}, "
                               f"got {self.teacher_init!r}")
@@ -173,6 +176,15 @@ def soft_label_bce(logits: torch.Tensor, target_scores: torch.Tensor, mask: torc
     return ((losses - entropy) * mask).sum() / count.clamp_min(1)
 
 
+def drop_repeats(cols: torch.Tensor) -> torch.Tensor:
+    """``cols`` (``[B, M]``, -1 padded) with -1 in place of a column already
+    listed earlier in its row; the order is kept."""
+    ordered, order = cols.sort(dim=1, stable=True)
+    repeat = torch.zeros_like(cols, dtype=torch.bool)
+    repeat[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    return cols.masked_fill(torch.zeros_like(repeat).scatter_(1, order, repeat), -1)
+
+
 def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
     """Column lists side by side, -1 padding moved to the end of each row."""
     joined = torch.cat(parts, dim=1)
@@ -206,6 +218,7 @@ class BD(Distillation):
         self.sets: dict[str, dict[str, torch.Tensor]] = {}
         self.teacher_best: dict[str, Any] | None = None
         self.teacher_bad_evals = 0
+        self.draw = 0  # which of the round's draws the current epoch distils
         self._indptr = self._indices = None
 
     # ---- options read the same way by BD and iBD
@@ -214,6 +227,10 @@ class BD(Distillation):
 
     def retain_limit(self) -> int:
         return 0
+
+    def draws_per_round(self) -> int:
+        o = self.options
+        return -(-o.update_every // o.redraw_every) if o.redraw_every else 1
 
     # ---- lifecycle
     def on_train_start(self, trainer: "Trainer") -> None:
@@ -246,8 +263,10 @@ class BD(Distillation):
     def refresh(self, trainer: "Trainer", epoch: int) -> None:
         self._log = {}
         self.schedule.start_epoch(trainer)
-        if epoch % self.options.update_every == 0:
+        o = self.options
+        if epoch % o.update_every == 0:
             self.resample(trainer, epoch)
+        self.draw = (epoch % o.update_every) // o.redraw_every if o.redraw_every else 0
 
     def _blocks(self, n_users: int, n_items: int) -> Iterable[tuple[int, int]]:
         # About a quarter of the budget per [block, n_items] matrix: two
@@ -259,7 +278,8 @@ class BD(Distillation):
     @torch.no_grad()
     def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
         """One sampling round: both models' catalogue ranks, block by block of
-        users, iBD's retained items, then the new samples."""
+        users, iBD's retained items, then the new samples: ``draws_per_round``
+        independent draws from the same weights, side by side."""
         o, device = self.options, trainer.device
         student, teacher = trainer.model, self.teacher
         n_users, n_items = trainer.split.n_users, trainer.split.n_items
@@ -277,14 +297,17 @@ class BD(Distillation):
                 local = torch.repeat_interleave(torch.arange(stop - start, device=device), exclude[0].diff())
                 observed[local, exclude[1]] = True
                 for d in DIRECTIONS:
-                    previous = torch.cat([self.sets[d]["new"][start:stop], self.sets[d]["retained"][start:stop]], 1)
+                    # the round's draws may repeat an item: it is judged once
+                    previous = drop_repeats(torch.cat([self.sets[d]["new"][start:stop],
+                                                       self.sets[d]["retained"][start:stop]], 1))
                     kept = retain_uncorrected(previous, student_rank, teacher_rank, limit, direction=d)
                     excluded = observed.clone()
                     listed = kept >= 0
                     excluded[torch.nonzero(listed, as_tuple=True)[0], kept[listed]] = True
                     eps = o.eps_t if d == "ts" else o.eps
-                    new = sample_discrepancies(student_rank, teacher_rank, o.samples, direction=d, eps=eps,
-                                               excluded=excluded, generator=trainer.generator)
+                    new = torch.cat([sample_discrepancies(student_rank, teacher_rank, o.samples, direction=d,
+                                                          eps=eps, excluded=excluded, generator=trainer.generator)
+                                     for _ in range(self.draws_per_round())], dim=1)
                     out[d]["new"].append(new)
                     out[d]["retained"].append(kept)
                     drawn = new >= 0
@@ -296,10 +319,10 @@ class BD(Distillation):
                     stats[f"{d}_kept"] += float(listed.sum())
         for d in DIRECTIONS:
             self.sets[d] = {key: torch.cat(parts) for key, parts in out[d].items()}
-            # Mean gap (in ranks) of the new items; items per user; for iBD the
-            # share of the previous round's items whose discrepancy remained.
+            # Mean gap (in ranks) of the new items; items per user and draw; for
+            # iBD the share of the previous round's items whose discrepancy remained.
             self._log[f"{d}_sampled_gap"] = stats[f"{d}_gap"] / max(stats[f"{d}_drawn"], 1.0)
-            self._log[f"{d}_sampled_per_user"] = stats[f"{d}_drawn"] / n_users
+            self._log[f"{d}_sampled_per_user"] = stats[f"{d}_drawn"] / n_users / self.draws_per_round()
             if limit and stats[f"{d}_previous"]:
                 self._log[f"{d}_uncorrected_share"] = stats[f"{d}_kept"] / stats[f"{d}_previous"]
                 self._log[f"{d}_retained_per_user"] = stats[f"{d}_kept"] / n_users
@@ -307,9 +330,13 @@ class BD(Distillation):
 
     def distilled(self, direction: str) -> torch.Tensor:
         """``[n_users, *]`` the items each user distils in ``direction`` now
-        (new, then retained; -1 padding last)."""
+        (this epoch's draw, then the retained; -1 padding last)."""
         parts = self.sets[direction]
-        return _pad_cat([parts["new"], parts["retained"]]) if parts["retained"].shape[1] else parts["new"]
+        new = parts["new"]
+        if self.draws_per_round() > 1:
+            width = new.shape[1] // self.draws_per_round()
+            new = new[:, self.draw * width:(self.draw + 1) * width]
+        return _pad_cat([new, parts["retained"]]) if parts["retained"].shape[1] else new
 
     def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
         teacher, temperature = self.teacher, self.options.temperature
