@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _INT_TOKEN = re.compile(r"-?[0-9]+")
+_UINT_TOKEN = re.compile(r"[0-9]+")
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 @dataclass(eq=False)
@@ -164,7 +166,8 @@ def _id_map(ids: np.ndarray | None, n: int, label: str, name: str) -> np.ndarray
 def _unique_pairs(
     users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Keep one row per (user, item); with timestamps, the latest one."""
+    """Keep one row per (user, item); with timestamps, the latest one. The ids
+    must be dense: the keys span ``n_users * n_items``."""
     n_items = int(items.max()) + 1
     keys = users * n_items + items
     # Sorting by (key, time) and keeping each key's last row keeps its latest time.
@@ -182,18 +185,27 @@ def _check_file(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(errno.ENOENT, "no such data file", str(path))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "expected a data file, got a directory", str(path))
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
     return path
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a UTF-8 text file; a line that is not UTF-8
-    is a ``DataError`` naming it (decoded line by line to know which)."""
+    """``(line number, line)`` of a UTF-8 text file, without a leading byte
+    order mark; a line that is not UTF-8 or holds a NUL byte is a ``DataError``
+    naming it (decoded line by line to know which)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                yield lineno, raw.decode("utf-8")
+                # utf-8-sig drops the BOM some editors write at the start of the file
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise DataError(f"{path}, line {lineno}: not UTF-8 text (is this a binary file?)") from None
+            # NUL is valid UTF-8 but never in a text file: a binary file of zeros would
+            # otherwise fail as a confusing "not an integer" or "1 column".
+            if "\0" in line:
+                raise DataError(f"{path}, line {lineno}: holds a NUL byte (is this a binary file?)")
+            yield lineno, line
 
 
 def _display_name(path: Path) -> str:
@@ -201,21 +213,30 @@ def _display_name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
+def _shown(token: str) -> str:
+    # a token of 100,000 digits would drown the message
+    return token if len(token) <= 40 else f"{token[:20]}... ({len(token)} characters)"
+
+
 def _parse_ids(tokens: list[str], path: Path, lineno: int, what: str) -> list[int]:
-    """Non-negative integers, with an error naming the first bad token."""
+    """Integers in ``[0, 2^63-1]``, with an error naming the first bad token."""
     for token in tokens:
         if not _INT_TOKEN.fullmatch(token):
-            raise DataError(f"{path}, line {lineno}: {what} {token!r} is not an integer")
+            raise DataError(f"{path}, line {lineno}: {what} {_shown(token)!r} is not an integer")
         if token.startswith("-"):
-            raise DataError(f"{path}, line {lineno}: {what} {token} is negative")
+            raise DataError(f"{path}, line {lineno}: {what} {_shown(token)} is negative")
+        # the length test first: int() refuses strings of more than 4,300 digits
+        if len(token) > 18 and (len(token.lstrip("0")) > 19 or int(token) > _INT64_MAX):
+            raise DataError(f"{path}, line {lineno}: {what} {_shown(token)} is larger than 2^63-1")
     return [int(t) for t in tokens]
 
 
 def load_users_dat(path: str | os.PathLike) -> Interactions:
     """Read the ``users.dat`` format: line u (0-based) is user u, ``COUNT item
-    item ...`` with 0-based item ids; an empty or ``0`` line is a user with no
-    interactions (dropped by the dense re-indexing, its line number stays in
-    ``user_ids``)."""
+    item ...`` with item ids in ``[0, 2^63-1]``; an empty or ``0`` line is a
+    user with no interactions (dropped by the dense re-indexing; the kept
+    users' line numbers are ``user_ids``, their items' ids ``item_ids``).
+    Memory grows with the number of interactions, not with the largest id."""
     path = _check_file(path)
     users: list[int] = []
     items: list[int] = []
@@ -233,8 +254,12 @@ def load_users_dat(path: str | os.PathLike) -> Interactions:
         items.extend(line_items)
     if not items:
         raise DataError(f"{path}: no interactions ({n_lines} lines, all empty)")
-    u, i, _ = _unique_pairs(np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), None)
-    return Interactions(n_lines, int(i.max()) + 1, u, i, name=_display_name(path)).reindexed()
+    # Dense ids before anything else: an array indexed by the file's ids would be
+    # as large as the largest id. np.unique sorts, so dense ids keep the ids' order.
+    user_ids, u = np.unique(np.array(users, dtype=np.int64), return_inverse=True)
+    item_ids, i = np.unique(np.array(items, dtype=np.int64), return_inverse=True)
+    u, i, _ = _unique_pairs(u, i, None)
+    return Interactions(len(user_ids), len(item_ids), u, i, None, user_ids, item_ids, _display_name(path))
 
 
 _SEPARATORS = ("\t", "::", ",", ";", "|")
@@ -260,8 +285,12 @@ def load_delimited(
     ``sep=None`` guesses the separator from the first data line (tab, ``::``,
     comma, semicolon, ``|``, else whitespace). ``header=True`` skips the first
     line. With ``rating_threshold`` only rows with ``rating >= threshold`` are
-    interactions. User and item ids are opaque strings (kept as int64 when all
-    are integers). Empty lines and lines starting with ``#`` are skipped.
+    interactions. User and item ids are opaque strings, kept as int64 when all
+    of a column's ids are integers that fit int64 (one that does not keeps the
+    column as strings). Empty lines and lines starting with ``#`` are skipped.
+    Without ``header``, a first line whose ids are not integers while the other
+    lines' are, or whose rating or timestamp is not a number, is an error that
+    suggests ``header=True``.
     """
     path = _check_file(path)
     raw_users: list[str] = []
@@ -269,12 +298,15 @@ def load_delimited(
     ratings: list[float] = []
     times: list[float] = []
     n_columns = None
+    first: tuple[int, str] | None = None  # (line number, text) of the first data line: the header hints
     for lineno, line in _lines(path):
         if header and lineno == 1:
             continue
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if first is None:
+            first = (lineno, stripped)
         if n_columns is None and sep is None:
             sep = _guess_separator(stripped)
         fields = [x.strip() for x in stripped.split(sep)]
@@ -298,18 +330,34 @@ def load_delimited(
                 try:
                     values.append(float(fields[column]))
                 except ValueError:
+                    hint = f"; if line {lineno} is a header, {_header_hint(lineno)}" if lineno == first[0] else ""
                     raise DataError(
-                        f"{path}, line {lineno}: {label} {fields[column]!r} is not a number"
+                        f"{path}, line {lineno}: {label} {_shown(fields[column])!r} is not a number{hint}"
                     ) from None
     if not raw_users:
         raise DataError(f"{path}: no interactions (the file has no data lines)")
+    raw_users = np.array(raw_users, dtype=object)
+    raw_items = np.array(raw_items, dtype=object)
+    user_is_int = np.array([_INT_TOKEN.fullmatch(x) is not None for x in raw_users], dtype=bool)
+    item_is_int = np.array([_INT_TOKEN.fullmatch(x) is not None for x in raw_items], dtype=bool)
+    # "user,item" above integer ids would otherwise become an interaction.
+    if (
+        not header
+        and len(raw_users) > 1
+        and not (user_is_int[0] or item_is_int[0])
+        and (user_is_int[1:].all() or item_is_int[1:].all())
+    ):
+        raise DataError(
+            f"{path}, line {first[0]}: {_shown(first[1])!r} looks like a header (the other lines "
+            f"have integer ids); {_header_hint(first[0])}"
+        )
     keep = np.ones(len(raw_users), dtype=bool)
     if rating_threshold is not None:
         keep = np.array(ratings) >= rating_threshold
         if not keep.any():
             raise DataError(f"{path}: no interaction has a rating >= {rating_threshold}")
-    user_ids, users = _encode_ids(np.array(raw_users, dtype=object)[keep])
-    item_ids, items = _encode_ids(np.array(raw_items, dtype=object)[keep])
+    user_ids, users = _encode_ids(raw_users[keep], user_is_int[keep].all())
+    item_ids, items = _encode_ids(raw_items[keep], item_is_int[keep].all())
     timestamps = np.array(times, dtype=np.float64)[keep] if times else None
     users, items, timestamps = _unique_pairs(users, items, timestamps)
     return Interactions(
@@ -317,13 +365,19 @@ def load_delimited(
     )
 
 
-def _encode_ids(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense codes of the raw ids (sorted numerically when all are integers)."""
-    if all(_INT_TOKEN.fullmatch(x) for x in raw):
-        raw = raw.astype(np.int64)
-    else:
-        raw = raw.astype(str)
-    uniques, codes = np.unique(raw, return_inverse=True)
+def _header_hint(lineno: int) -> str:
+    # --header skips line 1, not the first data line: a data line after comments is kept
+    return "pass --header (header=True) to skip it" if lineno == 1 else "start it with # (--header skips line 1 only)"
+
+
+def _encode_ids(raw: np.ndarray, all_int: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Dense codes of the raw ids: sorted numerically when all are integers
+    that fit int64, else all are strings, sorted as text."""
+    try:
+        ids = raw.astype(np.int64) if all_int else raw.astype(str)
+    except (OverflowError, ValueError):  # beyond int64 (ValueError: over 4,300 digits)
+        ids = raw.astype(str)
+    uniques, codes = np.unique(ids, return_inverse=True)
     return uniques, codes.astype(np.int64)
 
 
@@ -331,25 +385,36 @@ FORMATS = ("auto", "users.dat", "delimited")
 
 
 def detect_format(path: str | os.PathLike, n_lines: int = 50) -> str:
-    """Guess the format from the first non-empty lines: ``"users.dat"`` when
-    they are all non-negative integers, the first line's COUNT matches its
-    items, and either every COUNT matches or the lines vary in length (a
-    delimited file has a fixed number of columns); else ``"delimited"``.
+    """Guess the format from the first non-empty lines, split at whitespace.
+    A line *counts* when its first token is a COUNT equal to the number of
+    tokens after it. ``"users.dat"`` when every line counts, or when the lines
+    vary in length (a delimited file has a fixed number of columns) and the
+    first line or most lines count; else ``"delimited"``. The ids are not
+    checked here, so that a users.dat with a bad id is read as one and fails
+    naming its line; only a line with a delimiter (tab, ``::``, comma, ``;``,
+    ``|``) and a token other than a non-negative integer means delimited text.
     Ambiguous files (e.g. ``1 5`` on every line) read as users.dat: pass the
     format explicitly for those."""
     path = _check_file(path)
     lines: list[list[str]] = []
+    delimited_line = False
     for _, line in _lines(path):
         tokens = line.split()
         if tokens:
             lines.append(tokens)
+            delimited_line |= _guess_separator(line.strip()) is not None and not all(
+                _UINT_TOKEN.fullmatch(t) for t in tokens
+            )
         if len(lines) >= n_lines:
             break
-    if not lines or not all(_INT_TOKEN.fullmatch(t) and not t.startswith("-") for tokens in lines for t in tokens):
+    if not lines or delimited_line:
         return "delimited"
-    counts_match = [int(tokens[0]) == len(tokens) - 1 for tokens in lines]
+    # (a COUNT over 18 digits cannot match: no line is that long, and int() needs no limit)
+    counts = [_UINT_TOKEN.fullmatch(t[0]) is not None and len(t[0]) <= 18 and int(t[0]) == len(t) - 1 for t in lines]
     varying_length = len({len(tokens) for tokens in lines}) > 1
-    return "users.dat" if counts_match[0] and (all(counts_match) or varying_length) else "delimited"
+    if all(counts) or (varying_length and (counts[0] or 2 * sum(counts) > len(counts))):
+        return "users.dat"
+    return "delimited"
 
 
 def load(
@@ -363,13 +428,21 @@ def load(
     """Load a data file in either format (``format="auto"`` detects it)."""
     if format not in FORMATS:
         raise ConfigError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
-    if format == "auto":
+    detected = format == "auto"
+    if detected:
         format = detect_format(path)
-    if format == "users.dat":
-        if header or sep is not None or rating_threshold is not None:
-            raise ConfigError("--sep, --header and --rating-threshold apply to delimited text, not users.dat")
-        return load_users_dat(path)
-    return load_delimited(path, sep=sep, header=header, rating_threshold=rating_threshold)
+    if format == "users.dat" and (header or sep is not None or rating_threshold is not None):
+        raise ConfigError("--sep, --header and --rating-threshold apply to delimited text, not users.dat")
+    try:
+        if format == "users.dat":
+            return load_users_dat(path)
+        return load_delimited(path, sep=sep, header=header, rating_threshold=rating_threshold)
+    except DataError as exc:
+        if not detected:
+            raise
+        # a guessed format may be the problem: say which one was assumed
+        kind = "delimited text" if format == "delimited" else format
+        raise DataError(f"{exc}; the file looks like {kind} (--format sets the format)") from None
 
 
 def kcore(data: Interactions, min_user: int = 1, min_item: int = 1) -> Interactions:

@@ -1,5 +1,6 @@
 """Loaders, the Interactions container, k-core filtering, the synthetic generator."""
 
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,46 @@ def test_users_dat_malformed_names_file_line_and_problem(tmp_path, text, line, p
 def test_users_dat_without_interactions_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no interactions"):
         load_users_dat(write(tmp_path, "users.dat", "0\n\n0\n"))
-    with pytest.raises(DataError, match="no interactions"):
-        load_users_dat(write(tmp_path, "empty.dat", ""))
+
+
+def test_empty_file_is_named_as_empty_by_every_reader(tmp_path):
+    path = write(tmp_path, "empty.dat", "")
+    for reader in (load_users_dat, load_delimited, load, detect_format):
+        with pytest.raises(DataError, match=f"{path}: the file is empty"):
+            reader(path)
+
+
+def test_users_dat_memory_grows_with_interactions_not_with_the_largest_id(tmp_path):
+    # Re-indexing through arrays indexed by id allocated 8 bytes per id up to
+    # the largest: 2.4 GB for this 20-byte file.
+    path = write(tmp_path, "users.dat", "2 300000000 5\n1 5\n")
+    tracemalloc.start()
+    try:
+        data = load_users_dat(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6
+    assert pairs_in_file_ids(data) == {(0, 300000000), (0, 5), (1, 5)}
+    assert (data.n_users, data.n_items) == (2, 2)
+
+
+def test_users_dat_item_ids_up_to_2_63_minus_1_round_trip(tmp_path):
+    largest = 2**63 - 1
+    data = load(write(tmp_path, "users.dat", f"2 {largest} 1000000000000\n1 0\n"))
+    assert data.item_ids.tolist() == [0, 10**12, largest]
+    assert data.item_ids.dtype == np.int64
+    assert pairs_in_file_ids(data) == {(0, largest), (0, 10**12), (1, 0)}
+
+
+@pytest.mark.parametrize("token", [str(2**63), "1" * 5000])
+def test_users_dat_item_id_beyond_2_63_minus_1_names_the_line(tmp_path, token):
+    path = write(tmp_path, "users.dat", f"1 4\n2 3 {token}\n")
+    with pytest.raises(DataError) as info:
+        load_users_dat(path)
+    message = str(info.value)
+    assert f"{path}, line 2: item id {token[:20]}" in message and "larger than 2^63-1" in message
+    assert len(message) < len(str(path)) + 100  # a 5,000-digit id is shortened
 
 
 def test_missing_file_is_file_not_found_with_path(tmp_path):
@@ -117,6 +156,46 @@ def test_delimited_malformed_names_line(tmp_path, text, line, problem):
     assert f"{path}, line {line}: {problem}" in str(info.value)
 
 
+def test_delimited_integer_ids_beyond_int64_keep_their_column_as_strings(tmp_path):
+    huge = str(2**64)
+    data = load_delimited(write(tmp_path, "r.csv", f"1,{huge}\n2,5\n2,{huge}\n"))
+    assert data.item_ids.dtype.kind == "U" and data.user_ids.dtype == np.int64
+    assert pairs_in_file_ids(data) == {(1, huge), (2, "5"), (2, huge)}
+    data = load_delimited(write(tmp_path, "s.csv", f"-{2**63 + 1},7\n{'9' * 5000},7\n"))
+    assert set(data.user_ids.tolist()) == {f"-{2**63 + 1}", "9" * 5000}
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("user,item\n1,2\n3,4\n", "'user,item' looks like a header"),
+        ("user\titem\nalice\t2\nbob\t3\n", "'user\\titem' looks like a header"),
+        ("user,item,rating\n1,2,5\n", "rating 'rating' is not a number; if line 1 is a header"),
+    ],
+)
+def test_delimited_header_without_header_option_suggests_it(tmp_path, text, problem):
+    path = write(tmp_path, "r.csv", text)
+    for reader in (load_delimited, load):
+        with pytest.raises(DataError) as info:
+            reader(path)
+        assert f"{path}, line 1: {problem}" in str(info.value)
+        assert "pass --header (header=True) to skip it" in str(info.value)
+    assert len(load_delimited(path, header=True)) == text.count("\n") - 1
+
+
+def test_delimited_header_after_a_comment_is_not_sent_to_header(tmp_path):
+    # --header would skip the comment on line 1 and keep the header on line 2
+    for text in ("# from the app\nuser,item\n1,2\n3,4\n", "#\nuser;item;rating\n1;2;5\n"):
+        with pytest.raises(DataError) as info:
+            load_delimited(write(tmp_path, "r.csv", text))
+        assert "line 2:" in str(info.value) and "start it with # (--header skips line 1 only)" in str(info.value)
+
+
+def test_delimited_string_ids_are_not_taken_for_a_header(tmp_path):
+    data = load_delimited(write(tmp_path, "r.csv", "alice,book\nbob,pen\n"))
+    assert pairs_in_file_ids(data) == {("alice", "book"), ("bob", "pen")}
+
+
 def test_delimited_threshold_needs_ratings_and_survivors(tmp_path):
     with pytest.raises(ValueError, match="rating column"):
         load_delimited(write(tmp_path, "a.csv", "1,2\n"), rating_threshold=3)
@@ -133,13 +212,89 @@ def test_format_detection(tmp_path):
     assert len(load(tmp_path / "b")) == 2
 
 
-def test_citeulike_matches_its_readme():
+@pytest.mark.parametrize(
+    "text, line, problem",
+    [
+        # lines of varying length whose COUNTs match: users.dat with a typo on line 7
+        ("3 1 2 5\n2 1 2\n1 4\n2 4 9\n1 0\n0\n3 5 12x 8\n", 7, "item id '12x' is not an integer"),
+        ("2 1 2\n2 3 -4\n", 2, "item id -4 is negative"),  # read as user, item, rating before
+        ("x 1 2\n3 4 5 6\n1 7\n2 8 9\n", 1, "COUNT 'x' is not an integer"),
+        ("3 1 2 3\n1 1.5\n", 2, "item id '1.5' is not an integer"),
+    ],
+)
+def test_detection_reads_a_users_dat_with_a_bad_id_as_users_dat(tmp_path, text, line, problem):
+    path = write(tmp_path, "users.dat", text)
+    assert detect_format(path) == "users.dat"
+    with pytest.raises(DataError) as info:
+        load(path)
+    message = str(info.value)
+    assert f"{path}, line {line}: {problem}" in message and "looks like users.dat" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "u1 a 5\nu2 b 3\n",  # whitespace-separated, string ids
+        "2\tNew York\n3\tParis\n",  # a tab and a space: COUNT 2 would match line 1
+        "1,2\n3,4\n",
+    ],
+)
+def test_detection_keeps_delimited_text_delimited(tmp_path, text):
+    assert detect_format(write(tmp_path, "r.txt", text)) == "delimited"
+
+
+def test_byte_order_mark_is_skipped_by_every_reader(tmp_path):
+    bom = "\ufeff"
+    users_dat = write(tmp_path, "users.dat", bom + "2 1 2\n1 3\n")
+    assert detect_format(users_dat) == "users.dat"
+    for reader in (load_users_dat, load):
+        assert pairs_in_file_ids(reader(users_dat)) == {(0, 1), (0, 2), (1, 3)}
+    csv = write(tmp_path, "r.csv", bom + "10,3\n11,4\n")
+    for reader in (load_delimited, load):
+        data = reader(csv)
+        assert data.user_ids.dtype == np.int64  # "\ufeff10" would make the column strings
+        assert pairs_in_file_ids(data) == {(10, 3), (11, 4)}
+
+
+def test_nul_bytes_are_a_binary_file(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"2 1 2\n\x00\x00\x00\x00\n")
+    for reader in (load_users_dat, load_delimited, load, detect_format):
+        with pytest.raises(DataError, match=r"line 2: holds a NUL byte \(is this a binary file\?\)"):
+            reader(path)
+
+
+def test_windows_line_endings_and_blank_lines_read_like_plain_ones(tmp_path):
+    # pins behaviour that already held: "\r" and whitespace-only lines are blank
+    users_dat = write(tmp_path, "users.dat", "2 1 2\n \t \n1 3\n")
+    crlf = tmp_path / "crlf.dat"
+    crlf.write_bytes(users_dat.read_bytes().replace(b"\n", b"\r\n"))
+    for path in (users_dat, crlf):
+        data = load(path)
+        assert pairs_in_file_ids(data) == {(0, 1), (0, 2), (2, 3)}
+    csv = tmp_path / "r.csv"
+    csv.write_bytes(b"u,i,1\r\n  \r\nv,j,2\r\n")
+    assert pairs_in_file_ids(load(csv)) == {("u", "i"), ("v", "j")}
+
+
+def test_directory_is_named_as_such_by_every_reader(tmp_path):
+    # an OSError like a missing file: the command line prints it as one line
+    for reader in (load_users_dat, load_delimited, load, detect_format):
+        with pytest.raises(IsADirectoryError) as info:
+            reader(tmp_path)
+        assert info.value.filename == str(tmp_path)
+
+
+def test_citeulike_matches_its_readme_and_its_fingerprint():
     path = DATA / "citeulike-a" / "users.dat"
     if not path.exists():
         pytest.skip(f"{path} not present")
     data = load(path)
     assert (data.n_users, data.n_items, len(data)) == (5551, 16980, 204986)
     assert data.user_counts().min() >= 10
+    # split files store the fingerprint: this value was computed with the loader
+    # before it re-indexed through np.unique
+    assert data.fingerprint() == "f4f0e90cba1b2f8bb129e04606c9bd4b"
 
 
 # ---------------------------------------------------------------- container
