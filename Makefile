@@ -22,7 +22,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy scipy pytest tqdm ninja matplotlib expecttest
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy scipy pytest hypothesis filelock tqdm ninja matplotlib expecttest
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

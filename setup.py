@@ -74,7 +74,7 @@ setup(
     description="Fast, exact ranking knowledge distillation for recommender systems",
     packages=find_packages(include=["rankdistill", "rankdistill.*"]),
     python_requires=">=3.10",
-    install_requires=["torch", "numpy", "scipy", "tqdm", "matplotlib"],
+    install_requires=["torch", "numpy", "scipy", "tqdm", "matplotlib", "filelock"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     entry_points={"console_scripts": ["rankdistill = rankdistill.cli:main"]},

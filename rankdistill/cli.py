@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,13 @@ from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
 from .compare import (TEACHER_BASELINE, format_summary, load_run, paired_tests, plot_curves, summarize, table_metrics,
                       teacher_runs, write_summary)
-from .io import write_json
+from .io import file_sha256, run_folder_lock, write_json
 from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_rankings, method_options
 from .models import MODELS, build_model, load_model, model_info
 from .report import Row, format_table
 from .split import Split, leave_one_out
-from .trainer import CHECKPOINT, RESULTS, Method, TrainConfig, Trainer, _plain, check_device, seed_everything
+from .trainer import (CHECKPOINT, RESULTS, RUN_OUTPUTS, SEEDS, Method, TrainConfig, Trainer, _plain, check_device,
+                      seed_everything)
 
 log = logging.getLogger("rankdistill")
 
@@ -79,6 +82,33 @@ def _cutoffs(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _dropout(text: str) -> float:
+    value = _finite_float(text)
+    if not 0 <= value < 1:  # at 1 every input would be dropped (and the rest scaled by 1/0)
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if value not in SEEDS:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEEDS[-1]}, got {value}")
+    return value
+
+
 def _common_options() -> argparse.ArgumentParser:
     parent = _Parser(add_help=False)
     parent.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
@@ -94,12 +124,12 @@ def _data_options() -> argparse.ArgumentParser:
     group.add_argument("--format", choices=FORMATS, default="auto", help="file format (default: detect)")
     group.add_argument("--sep", help="delimited text: separator (default: detect tab, ::, comma, ;, |, whitespace)")
     group.add_argument("--header", action="store_true", help="delimited text: skip the first line")
-    group.add_argument("--rating-threshold", type=float, help="delimited text: keep rows with rating >= this")
+    group.add_argument("--rating-threshold", type=_finite_float, help="delimited text: keep rows with rating >= this")
     group.add_argument("--min-user-count", type=_positive_int, default=1, help="k-core: users with >= this many")
     group.add_argument("--min-item-count", type=_positive_int, default=1, help="k-core: items with >= this many")
     group.add_argument("--split", type=Path, help="split file: loaded if it exists, else created there "
                                                  f"(default: OUT/{SPLIT_FILE})")
-    group.add_argument("--split-seed", type=int, help=f"seed of a new split (default: {SPLIT_DEFAULTS['seed']})")
+    group.add_argument("--split-seed", type=_seed, help=f"seed of a new split (default: {SPLIT_DEFAULTS['seed']})")
     group.add_argument("--eval-candidates", type=_positive_int,
                        help="sampled unobserved items per evaluated user in a new split "
                             f"(default: {SPLIT_DEFAULTS['n_candidates']})")
@@ -123,7 +153,7 @@ def _train_options() -> argparse.ArgumentParser:
     group.add_argument("--model", choices=sorted(MODELS),
                        help="base model (default: bpr; distill and compare: the teacher's)")
     group.add_argument("--dim", type=_positive_int, help="embedding size (default: teacher 200, student 20)")
-    group.add_argument("--corruption", type=float, default=0.5, help="CDAE input dropout (default: 0.5)")
+    group.add_argument("--corruption", type=_dropout, default=0.5, help="CDAE input dropout (default: 0.5)")
     group.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default: 100)")
     group.add_argument("--batch-size", type=_positive_int, default=1024, help="positives per batch (default: 1024)")
     group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
@@ -134,7 +164,7 @@ def _train_options() -> argparse.ArgumentParser:
     group.add_argument("--patience", type=_positive_int, default=10,
                        help="stop after this many validations without a better H@5 (default: 10)")
     group.add_argument("--metric", default="H@5", help="model selection metric (default: H@5)")
-    group.add_argument("--seed", type=int, default=0, help="training seed: initialisation, shuffling, negatives")
+    group.add_argument("--seed", type=_seed, default=0, help="training seed: initialisation, shuffling, negatives")
     group.add_argument("--out", type=Path, help="run folder (default: runs/ROLE-MODEL-dDIM)")
     group.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     group.add_argument("--overwrite", action="store_true", help="start over even if OUT has a checkpoint")
@@ -150,13 +180,13 @@ def _names(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _integers(text: str) -> list[int]:
+def _seeds(text: str) -> list[int]:
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = [_seed(part) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from None
     if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
+        raise argparse.ArgumentTypeError("expected at least one seed")
     return list(dict.fromkeys(values))
 
 
@@ -198,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated (default: student,rrd,dcd); see `rankdistill methods`; "
                               f"{TEACHER_BASELINE!r}: the teacher's model trained alone (at -o teacher_dim=N "
                               "if given), the baseline of BD's and iBD's co-trained teachers")
-    compare.add_argument("--seeds", type=_integers, default=[0, 1, 2], help="comma-separated (default: 0,1,2)")
+    compare.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (default: 0,1,2)")
     compare.set_defaults(func=cmd_compare, role="student")
 
     methods = commands.add_parser("methods", parents=[common], help="list the distillation methods and their options")
@@ -214,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", parents=[common], help="teacher vs student on the synthetic data set")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default: runs/demo)")
     demo.add_argument("--epochs", type=_positive_int, default=DEMO_TRAINING["epochs"])
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -235,24 +265,69 @@ def _load_data(args: argparse.Namespace) -> Interactions:
     return data
 
 
-def _prepare_split(args: argparse.Namespace, default_path: Path) -> Split:
-    """The split file given (or the run folder's) if it exists, else a new one saved there."""
+@dataclasses.dataclass
+class _SplitFile:
+    """A split and its file; ``new``: made by this command, not saved yet
+    (saved once the run folder is locked, so that a refused command writes nothing)."""
+
+    split: Split
+    path: Path
+    new: bool = False
+
+    def save_if_new(self) -> None:
+        if self.new:
+            self.split.save(self.path)
+            self.new = False
+            log.info("split: %d evaluated users, saved to %s", len(self.split.eval_users), self.path)
+
+    def info(self) -> dict[str, Any]:
+        return {"split_file": str(self.path.resolve())}
+
+
+def _prepare_split(args: argparse.Namespace, default_path: Path) -> _SplitFile:
+    """The split file given (or the run folder's) if it exists, else a new one
+    to be saved there."""
     path = args.split or default_path
     data = _load_data(args)
     if path.exists():
         split = Split.load(path)
         split.check_matches(data)
-        made_with = {"split-seed": split.seed, "eval-candidates": split.valid_candidates.shape[1]}
-        asked = {"split-seed": args.split_seed, "eval-candidates": args.eval_candidates}
-        if any(asked[key] is not None and asked[key] != made_with[key] for key in asked):
-            raise ConfigError(f"{path} was made with --split-seed {split.seed} and --eval-candidates "
-                              f"{made_with['eval-candidates']}; drop those options or use another --split")
+        _check_split_options(args, split, path)
         log.info("split: loaded %s", path)
+        return _SplitFile(split, path)
+    return _SplitFile(_new_split(args, data), path, new=True)
+
+
+def _check_split_options(args: argparse.Namespace, split: Split, path: Path) -> None:
+    """--split-seed and --eval-candidates make new splits: with an existing one they must agree with it."""
+    made_with = {"split-seed": split.seed, "eval-candidates": split.valid_candidates.shape[1]}
+    asked = {"split-seed": args.split_seed, "eval-candidates": args.eval_candidates}
+    if any(asked[key] is not None and asked[key] != made_with[key] for key in asked):
+        raise ConfigError(f"{path} was made with --split-seed {split.seed} and --eval-candidates "
+                          f"{made_with['eval-candidates']}; drop those options or use another --split")
+
+
+def _split_of_model(args: argparse.Namespace, checkpoint: Path, info: dict[str, Any]) -> _SplitFile:
+    """The split a saved model was trained on: ``--split`` if given (which must
+    be that very split), else the file the model records, else ``split.npz``
+    beside it. Never a new one: a split rebuilt elsewhere would turn the
+    model's training items into test hits."""
+    if args.split is not None:
+        path = args.split
     else:
-        split = _new_split(args, data)
-        split.save(path)
-        log.info("split: %d evaluated users, saved to %s", len(split.eval_users), path)
-    return split
+        recorded = [Path(info["split_file"])] if info.get("split_file") else []
+        places = list(dict.fromkeys([*recorded, checkpoint.parent / SPLIT_FILE]))
+        path = next((p for p in places if p.is_file()), None)
+        if path is None:
+            raise ConfigError(f"the split {checkpoint} was trained on is not at {' or '.join(map(str, places))}; "
+                              "pass it with --split")
+    split = Split.load(path)
+    split.check_identity(info, str(checkpoint))
+    _check_split_options(args, split, path)
+    if args.data is not None:
+        split.check_matches(_load_data(args))
+    log.info("split: %s (the one %s was trained on)", path, checkpoint)
+    return _SplitFile(split, path)
 
 
 def _new_split(args: argparse.Namespace, data: Interactions) -> Split:
@@ -271,21 +346,32 @@ def _cutoffs_for(args: argparse.Namespace) -> tuple[int, ...]:
     return FULL_PROTOCOL_CUTOFFS if args.protocol == "full" else DEFAULT_CUTOFFS
 
 
-def _train(role: str, split: Split, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
+def _run_outputs() -> set[str]:
+    """Every file a run of any method writes into its folder."""
+    return {*RUN_OUTPUTS, *(name for spec in METHODS.values() for name in spec.cls.output_files)}
+
+
+def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
            resume: bool, overwrite: bool, method: Method | None = None,
            info: dict[str, Any] | None = None) -> tuple[Row, Any]:
-    if (out / CHECKPOINT).exists() and not (resume or overwrite):
-        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+    split = split_file.split
     method = method or Method()
-    seed_everything(config.seed)
-    model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
-                        train=_train_csr(split, config.device))
-    plain = method.name == "student"  # the base trainer's method: no distillation (also a teacher's run)
-    log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim, f"{model.num_parameters():,}",
-             "no distillation" if plain else f"method {method.name}", out)
-    trainer = Trainer(model, split, config, method=method, out_dir=out,
-                      info={"role": role, "data": split.train.name, **(info or {})})
-    result = trainer.fit(resume=resume)
+    with run_folder_lock(out):
+        if (out / CHECKPOINT).exists() and not (resume or overwrite):
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
+        if overwrite:  # a half-overwritten folder must not mix the old run's files with the new one's
+            for name in _run_outputs():
+                (out / name).unlink(missing_ok=True)
+        split_file.save_if_new()
+        seed_everything(config.seed)
+        model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
+                            train=_train_csr(split, config.device))
+        plain = method.name == "student"  # the base trainer's method: no distillation (also a teacher's run)
+        log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim,
+                 f"{model.num_parameters():,}", "no distillation" if plain else f"method {method.name}", out)
+        trainer = Trainer(model, split, config, method=method, out_dir=out,
+                          info={"role": role, "data": split.train.name, **split_file.info(), **(info or {})})
+        result = trainer.fit(resume=resume)
     label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if plain else method.name
     return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
 
@@ -308,13 +394,15 @@ def _model_config(args: argparse.Namespace, model: str, dim: int) -> dict[str, A
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    check_device(args.device)
+    sizes = _validate_before_work(args)
     dim = args.dim or DEFAULT_DIMS[args.role]
     model = args.model or "bpr"
     out = args.out or Path("runs") / f"{args.role}-{model}-d{dim}"
     config = _train_config(args)
-    split = _prepare_split(args, out / SPLIT_FILE)
-    row, result = _train(args.role, split, _model_config(args, model, dim), config, out, resume=args.resume,
+    split_file = _prepare_split(args, out / SPLIT_FILE)
+    split = split_file.split
+    _check_sizes(args, split, sizes)
+    row, result = _train(args.role, split_file, _model_config(args, model, dim), config, out, resume=args.resume,
                          overwrite=args.overwrite)
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
           f"({result.best_epoch + 1}):")
@@ -343,27 +431,103 @@ def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, str]:
     return overrides
 
 
-def _load_teacher(args: argparse.Namespace):
-    """The split (the teacher's, unless --split says otherwise), the teacher
-    and its rankings."""
-    split = _prepare_split(args, args.split or args.teacher.parent / SPLIT_FILE)
-    teacher, info = load_model(args.teacher, train=_train_csr(split, args.device), device=args.device)
-    trained_on = (info.get("data_fingerprint", split.data_fingerprint), info.get("split_seed", split.seed))
-    if trained_on != (split.data_fingerprint, split.seed):
-        raise ConfigError(f"{args.teacher} was trained on another split (data or split seed differ): "
-                          "its rankings would include held-out items")
+# Bytes to train one parameter: float32 weights, gradients and Adam's two moments.
+_BYTES_PER_TRAINED_PARAMETER = 16
+# Bytes per negative while an epoch's negatives are drawn (trainer, sample_unobserved):
+# the int64 draws and the int64 temporaries that look them up among the observed items.
+_BYTES_PER_NEGATIVE = 32
+
+
+def _validate_before_work(args: argparse.Namespace, methods: list[str] | tuple[str, ...] = (),
+                          seeds: list[int] | None = None) -> list[tuple[str, int]]:
+    """Every option of a command that trains, checked before it ranks, writes
+    or trains anything: a mistake in the last run of a comparison must not
+    surface after the first runs have trained. ``methods`` and ``seeds``: the
+    runs of distill and compare. Returns the model sizes the runs will train
+    (option, dim), for ``_check_sizes`` once the data's size is known."""
+    for seed in seeds or [args.seed]:
+        _train_config(args, seed)  # ranges, device, --metric against the cutoffs
+    dim = args.dim or DEFAULT_DIMS[args.role]
+    dims = [(f"--dim {dim}", dim)]
+    if methods:
+        # Every method's options, the runs' first (an error names one of them):
+        # a bad -o value is a mistake even where no run of this command reads it.
+        for name in dict.fromkeys([*methods, *METHODS]):
+            if name == TEACHER_BASELINE:
+                continue
+            overrides = _method_overrides(args, name)
+            try:
+                options = method_options(name, overrides)
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            # BD's fresh teacher, and the teacher trained alone at its size (_teacher_alone_config)
+            teacher_dim = getattr(options, "teacher_dim", 0)
+            if teacher_dim and (name in methods or (name == "bd" and TEACHER_BASELINE in methods)):
+                dims.append((f"-o teacher_dim={teacher_dim}", teacher_dim))
+    return dims
+
+
+def _memory(device: str) -> tuple[int, str] | None:
+    """The memory a run on ``device`` has and whose it is; None where unknown."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory, f"{device}'s"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's"
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
+
+
+def _check_sizes(args: argparse.Namespace, split: Split, dims: list[tuple[str, int]]) -> None:
+    """Refuse negatives the catalogue cannot give, and models or negatives
+    whose memory exceeds the device's (lower bounds: every model holds a user
+    and an item table of ``dim`` floats)."""
+    n_users, n_items, n_interactions = split.n_users, split.n_items, len(split.train)
+    if args.negatives >= n_items:
+        raise ConfigError(f"--negatives {args.negatives}: a positive's negatives are drawn from the other "
+                          f"{n_items - 1:,} items of the catalogue; use at most that many")
+    memory = _memory(args.device)
+    if memory is None:
+        return
+    total, whose = memory
+    have = f"more than {whose} {total / 1e9:,.1f} GB of memory"
+    for option, dim in dims:
+        need = _BYTES_PER_TRAINED_PARAMETER * (n_users + n_items) * dim
+        if need > total:
+            raise ConfigError(f"{option}: the embeddings of {n_users:,} users and {n_items:,} items alone need "
+                              f"{need / 1e9:,.1f} GB to train (float32 weights, gradients and Adam's two moments), "
+                              f"{have}")
+    need = _BYTES_PER_NEGATIVE * n_interactions * args.negatives
+    if need > total:
+        raise ConfigError(f"--negatives {args.negatives}: drawing that many for each of {n_interactions:,} "
+                          f"positives per epoch needs {need / 1e9:,.1f} GB, {have}")
+
+
+def _load_teacher(args: argparse.Namespace, sizes: list[tuple[str, int]]):
+    """The teacher's split (``--split`` must be that very split), the teacher
+    and its rankings; the runs' ``sizes`` are checked before the rankings."""
+    info = model_info(args.teacher)
+    split_file = _split_of_model(args, args.teacher, info)
+    split = split_file.split
+    _check_sizes(args, split, sizes)
+    for n, what in ((split.n_items, "items"), (split.n_users, "users")):
+        if args.top >= n:
+            raise ConfigError(f"--top {args.top} is not below the number of {what} ({n:,}): the teacher's lists "
+                              f"would hold every one of them, leaving none to rank below; use a smaller --top")
+    teacher, _ = load_model(args.teacher, train=_train_csr(split, args.device), device=args.device,
+                            shape=(split.n_users, split.n_items))
     rankings = load_or_compute_rankings(args.teacher, teacher, split, args.top,
                                         progress=not args.no_progress and sys.stderr.isatty())
-    return split, teacher, rankings
+    return split_file, teacher, rankings
 
 
-def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, split: Split, teacher,
+def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, split_file: _SplitFile, teacher,
                  rankings) -> tuple[Row, Any]:
     overrides = _method_overrides(args, method)
     options = method_options(method, overrides)
     model = args.model or teacher.name
-    info = {"teacher": str(args.teacher), "method_options": dataclasses.asdict(options), "top": args.top}
-    return _train("student", split, _model_config(args, model, args.dim or DEFAULT_DIMS["student"]),
+    info = {"teacher": str(args.teacher), "teacher_sha256": file_sha256(args.teacher),
+            "method_options": dataclasses.asdict(options), "top": args.top}
+    return _train("student", split_file, _model_config(args, model, args.dim or DEFAULT_DIMS["student"]),
                   _train_config(args, seed), out, resume=args.resume, overwrite=args.overwrite,
                   method=build_method(method, teacher, rankings, overrides), info=info)
 
@@ -375,20 +539,22 @@ def _teacher_alone_config(args: argparse.Namespace, teacher) -> dict[str, Any]:
     return {**{k: v for k, v in teacher.config().items() if k not in ("n_users", "n_items")}, "dim": dim}
 
 
-def _compare_run(args: argparse.Namespace, method: str, seed: int, out: Path, split: Split, teacher,
+def _compare_run(args: argparse.Namespace, method: str, seed: int, out: Path, split_file: _SplitFile, teacher,
                  rankings) -> None:
     if method == TEACHER_BASELINE:
-        _train("teacher", split, _teacher_alone_config(args, teacher), _train_config(args, seed), out,
-               resume=args.resume, overwrite=args.overwrite, info={"teacher": str(args.teacher)})
+        _train("teacher", split_file, _teacher_alone_config(args, teacher), _train_config(args, seed), out,
+               resume=args.resume, overwrite=args.overwrite,
+               info={"teacher": str(args.teacher), "teacher_sha256": file_sha256(args.teacher)})
     else:
-        _distill_run(args, method, seed, out, split, teacher, rankings)
+        _distill_run(args, method, seed, out, split_file, teacher, rankings)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    check_device(args.device)
-    split, teacher, rankings = _load_teacher(args)
+    sizes = _validate_before_work(args, [args.method])
+    split_file, teacher, rankings = _load_teacher(args, sizes)
+    split = split_file.split
     out = args.out or Path("runs") / f"{args.method}-seed{args.seed}"
-    row, result = _distill_run(args, args.method, args.seed, out, split, teacher, rankings)
+    row, result = _distill_run(args, args.method, args.seed, out, split_file, teacher, rankings)
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
           f"({result.best_epoch + 1}):")
     rows = [row]
@@ -400,31 +566,33 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    check_device(args.device)
-    split, teacher, rankings = _load_teacher(args)
+    sizes = _validate_before_work(args, args.methods, args.seeds)
+    split_file, teacher, rankings = _load_teacher(args, sizes)
+    split = split_file.split
     out = args.out or Path("runs") / "compare"
-    runs: dict[str, list] = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            folder = out / method / f"seed{seed}"
-            if (folder / RESULTS).exists() and not args.overwrite:
-                run = load_run(folder, method, seed)
-                _check_same_setup(run.results, folder, args, method, seed, teacher)
-                log.info("%s seed %d: finished run found in %s", method, seed, folder)
-            else:
-                resume = (folder / CHECKPOINT).exists() and not args.overwrite
-                _compare_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder, split,
-                             teacher, rankings)
-                run = load_run(folder, method, seed)
-            runs.setdefault(method, []).append(run)
-        teachers = teacher_runs(out, method, runs[method])  # BD, iBD: their co-trained teachers too
-        if teachers:
-            runs[f"{method}-teacher"] = teachers
-    metrics = table_metrics(args.protocol, _cutoffs_for(args))
-    table = summarize(runs, metrics)
-    tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
-    write_summary(out, table, tests, runs, metrics)
-    plot_curves(out / "curves.png", runs, metrics[0])
+    with run_folder_lock(out):
+        runs: dict[str, list] = {}
+        for method in args.methods:
+            for seed in args.seeds:
+                folder = out / method / f"seed{seed}"
+                if (folder / RESULTS).exists() and not args.overwrite:
+                    run = load_run(folder, method, seed)
+                    _check_same_setup(run.results, folder, args, method, seed, teacher, split)
+                    log.info("%s seed %d: finished run found in %s", method, seed, folder)
+                else:
+                    resume = (folder / CHECKPOINT).exists() and not args.overwrite
+                    _compare_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder,
+                                 split_file, teacher, rankings)
+                    run = load_run(folder, method, seed)
+                runs.setdefault(method, []).append(run)
+            teachers = teacher_runs(out, method, runs[method])  # BD, iBD: their co-trained teachers too
+            if teachers:
+                runs[f"{method}-teacher"] = teachers
+        metrics = table_metrics(args.protocol, _cutoffs_for(args))
+        table = summarize(runs, metrics)
+        tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
+        write_summary(out, table, tests, runs, metrics)
+        plot_curves(out / "curves.png", runs, metrics[0])
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
     print(format_summary(table, tests, metrics))
@@ -433,26 +601,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
-    # Where a run happened (device, progress bars) does not change its result;
-    # tuples come back from JSON as lists.
-    return {k: _plain(v) for k, v in train_config.items() if k not in ("device", "progress")}
+    # Where and how a run was shown (device, progress bars, evaluation batches)
+    # does not change its result; tuples come back from JSON as lists.
+    return {k: _plain(v) for k, v in train_config.items() if k not in ("device", "progress", "eval_batch_size")}
 
 
 def _check_same_setup(results: dict[str, Any], folder: Path, args: argparse.Namespace, method: str, seed: int,
-                      teacher) -> None:
-    """A finished run is reused only if it was made with the same model and options."""
+                      teacher, split: Split) -> None:
+    """A finished run is reused only if it was made on the same split, from the
+    same teacher, with the same model and options."""
     if method == TEACHER_BASELINE:
-        model_config, options = _teacher_alone_config(args, teacher), None
+        model_config, options, top = _teacher_alone_config(args, teacher), None, None
     else:
         model_config = _model_config(args, args.model or teacher.name, args.dim or DEFAULT_DIMS["student"])
         options = dataclasses.asdict(method_options(method, _method_overrides(args, method)))
-    expected = {"train_config": _comparable(dataclasses.asdict(_train_config(args, seed))),
+        top = args.top
+    expected = {"split": split.digest, "teacher": file_sha256(args.teacher), "top": top,
+                "train_config": _comparable(dataclasses.asdict(_train_config(args, seed))),
                 "model_config": model_config, "method_options": options}
     found_model = results.get("model_config", {})
-    found = {"train_config": _comparable(results.get("train_config", {})),
+    found = {"split": results.get("split_digest"), "teacher": results.get("teacher_sha256"), "top": results.get("top"),
+             "train_config": _comparable(results.get("train_config", {})),
              "model_config": {key: found_model.get(key) for key in model_config},
              "method_options": results.get("method_options")}
-    names = {"train_config": "training options", "model_config": "model", "method_options": "method options"}
+    names = {"split": "split", "teacher": "teacher", "top": "--top", "train_config": "training options",
+             "model_config": "model", "method_options": "method options"}
     changed = [names[key] for key in expected if expected[key] != found[key]]
     if changed:
         raise ConfigError(f"{folder} holds a finished run made with other options ({', '.join(changed)}); "
@@ -469,20 +642,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_device(args.device)
-    if args.split is not None:
-        split = Split.load(args.split)
-        if args.data is not None:
-            split.check_matches(_load_data(args))
-    else:
-        # Re-create the split the model was trained on, unless told otherwise.
-        if args.split_seed is None:
-            args.split_seed = model_info(args.checkpoint).get("split_seed")
-        split = _new_split(args, _load_data(args))
-    model, info = load_model(args.checkpoint, train=_train_csr(split, args.device), device=args.device)
-    trained_on = (info.get("data_fingerprint", split.data_fingerprint), info.get("split_seed", split.seed))
-    if trained_on != (split.data_fingerprint, split.seed):
-        raise ConfigError(f"{args.checkpoint} was trained on another split (data or split seed differ): "
-                          "its held-out items may have been training items")
+    info = model_info(args.checkpoint)
+    split = _split_of_model(args, args.checkpoint, info).split
+    model, _ = load_model(args.checkpoint, train=_train_csr(split, args.device), device=args.device,
+                          shape=(split.n_users, split.n_items))
     cutoffs = _cutoffs_for(args)
     result = Evaluator(split, protocol=args.protocol, cutoffs=cutoffs,
                        batch_size=args.eval_batch_size).evaluate(model, args.part)
@@ -490,7 +653,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table([Row(f"{model.name} dim {model.dim}", result.means(), model.num_parameters())], cutoffs))
     if args.json:
         write_json(args.json, {"checkpoint": str(args.checkpoint), "part": args.part, "protocol": args.protocol,
-                               "metrics": result.means()})
+                               "metrics": result.means(), **split.identity()})
     return 0
 
 
@@ -505,7 +668,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = TrainConfig(epochs=args.epochs, batch_size=DEMO_TRAINING["batch_size"], lr=DEMO_TRAINING["lr"],
                              patience=DEMO_TRAINING["patience"], seed=args.seed, device=args.device,
                              progress=False if args.no_progress else None)
-        row, _ = _train(role, split, {"model": "bpr", "dim": DEFAULT_DIMS[role]}, config, args.out / role,
+        row, _ = _train(role, _SplitFile(split, args.out / SPLIT_FILE, new=role == "teacher"),
+                        {"model": "bpr", "dim": DEFAULT_DIMS[role]}, config, args.out / role,
                         resume=False, overwrite=True)
         rows.append(row)
     print(format_table(rows, DEFAULT_CUTOFFS))

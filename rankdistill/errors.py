@@ -15,3 +15,8 @@ class DataError(RankdistillError):
 
 class ConfigError(RankdistillError):
     """An option or a combination of options is invalid."""
+
+
+class TrainingDiverged(RankdistillError):
+    """Training produced a non-finite loss or parameter, or a model scored
+    NaN or infinity: no result of it can be trusted."""

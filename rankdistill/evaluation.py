@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingDiverged
 from .io import atomic_open
 from .models import Recommender
 from .ops import rank_positions
@@ -149,24 +149,43 @@ class Evaluator:
         device = model.device
         was_training = model.training
         model.eval()
+        # Users whose scores are not all finite: a NaN compares false with
+        # everything, so its held-out item would rank first and score a hit.
+        non_finite = torch.zeros((), dtype=torch.int64, device=device)
         try:
-            ranks = [self._batch_ranks(model, part, start, device)
-                     for start in range(0, len(split.eval_users), self.batch_size)]
+            ranks = []
+            for start in range(0, len(split.eval_users), self.batch_size):
+                batch_ranks, batch_non_finite = self._batch_ranks(model, part, start, device)
+                ranks.append(batch_ranks)
+                non_finite += batch_non_finite
         finally:
             model.train(was_training)
+        if int(non_finite):
+            raise TrainingDiverged(f"the model's scores are NaN or infinite for {int(non_finite)} of "
+                                   f"{len(split.eval_users)} evaluated users: it cannot be evaluated "
+                                   "(its training diverged, or its weights are corrupted)")
         ranks = torch.cat(ranks).cpu().numpy()
         return EvalResult(part, self.protocol, split.eval_users, ranks, metrics_from_ranks(ranks, self.cutoffs))
 
-    def _batch_ranks(self, model: Recommender, part: str, start: int, device: torch.device) -> torch.Tensor:
+    def _batch_ranks(self, model: Recommender, part: str, start: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ranks ``[B]`` of a batch's held-out items, and how many of its users
+        have a non-finite score."""
         stop = min(start + self.batch_size, len(self.split.eval_users))
         users = torch.as_tensor(self.split.eval_users[start:stop], device=device)
         targets = torch.as_tensor(self.split.targets(part)[start:stop], device=device)
         if self.protocol == "sampled":
             candidates = torch.as_tensor(self.split.candidates(part)[start:stop], device=device)
             scores = model.score_items(users, torch.cat([targets[:, None], candidates], dim=1))
-            return sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates)
-        indptr, indices = self._excluded(part)
-        batch_indptr = torch.as_tensor(indptr[start:stop + 1] - indptr[start], device=device)
-        batch_indices = torch.as_tensor(indices[indptr[start]:indptr[stop]], device=device)
-        scores = model.score_all(users)
-        return rank_positions(scores, targets[:, None], exclude=(batch_indptr, batch_indices))[:, 0]
+            ranks = sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates)
+        else:
+            indptr, indices = self._excluded(part)
+            batch_indptr = torch.as_tensor(indptr[start:stop + 1] - indptr[start], device=device)
+            batch_indices = torch.as_tensor(indices[indptr[start]:indptr[stop]], device=device)
+            scores = model.score_all(users)
+            non_finite = (~torch.isfinite(scores).all(dim=1)).sum()
+            if int(non_finite):  # rank_positions would refuse NaN: report it in the evaluation's words
+                return torch.zeros_like(targets), non_finite
+            ranks = rank_positions(scores, targets[:, None], exclude=(batch_indptr, batch_indices))[:, 0]
+            return ranks, non_finite
+        return ranks, (~torch.isfinite(scores).all(dim=1)).sum()

@@ -12,15 +12,18 @@ Everything is fixed by the seed and can be saved to one ``.npz`` file.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .data import Interactions
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .io import atomic_open
 from .unobserved import ObservedItems, sample_unobserved
 
@@ -66,6 +69,40 @@ class Split:
         candidate when ranking ``part``."""
         return self.targets("test" if part == "valid" else "valid")
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of the split's content: the data, the seed, every held-out
+        item and every candidate. Two splits with the same digest evaluate the
+        same way; a split rebuilt elsewhere (or from a tampered file) with the
+        same seed does not pass for the original unless it is identical."""
+        digest = hashlib.sha256()
+        digest.update(self.data_fingerprint.encode())
+        digest.update(np.array([self.seed, self.n_users, self.n_items], dtype=np.int64).tobytes())
+        for values in (self.eval_users, self.valid_items, self.test_items, self.valid_candidates,
+                       self.test_candidates):
+            digest.update(np.array(values.shape, dtype=np.int64).tobytes())
+            digest.update(np.ascontiguousarray(values, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:32]
+
+    def identity(self) -> dict[str, Any]:
+        """What a model, a results file or a rankings cache records of the split
+        it was made on (``check_identity`` compares it)."""
+        return {"data_fingerprint": self.data_fingerprint, "split_seed": self.seed, "split_digest": self.digest}
+
+    def check_identity(self, recorded: dict[str, Any], what: str) -> None:
+        """A ``ConfigError`` unless ``recorded`` (a model's info, a results
+        file) was made on this very split. ``what`` names the file in the message."""
+        found = recorded.get("split_digest")
+        if found is None:
+            raise ConfigError(f"{what} does not record the digest of its split (written by an older rankdistill): "
+                              "it cannot be checked against this split; retrain it")
+        if recorded.get("data_fingerprint") not in (None, self.data_fingerprint):
+            raise ConfigError(f"{what} was trained on another data set (data fingerprint "
+                              f"{recorded['data_fingerprint']}, this split's data {self.data_fingerprint})")
+        if found != self.digest:
+            raise ConfigError(f"{what} was trained on another split (split digest {found}, this split {self.digest}): "
+                              "its held-out items may have been training items; use the split it was trained on")
+
     def check_matches(self, data: Interactions) -> None:
         if data.fingerprint() != self.data_fingerprint:
             raise DataError(
@@ -105,24 +142,33 @@ class Split:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {key: z[key] for key in z.files}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable split file ({exc})") from None
+        except Exception as exc:  # a truncated or foreign file fails in zipfile, numpy or the OS, in many types
+            raise DataError(f"{path}: not a readable split file ({type(exc).__name__}: {exc}); "
+                            "it may be truncated: remove it or point --split at a complete one") from None
         required = ("version", "n_users", "n_items", "seed", "data_fingerprint", "train_users", "train_items",
                     "eval_users", "valid_items", "test_items", "valid_candidates", "test_candidates")
         missing = [key for key in required if key not in arrays]
         if missing:
             raise DataError(f"{path}: not a rankdistill split file (missing {', '.join(missing)})")
-        if int(arrays["version"]) != _FORMAT_VERSION:
-            raise DataError(f"{path}: split format version {int(arrays['version'])}, expected {_FORMAT_VERSION}")
-        train = Interactions(
-            int(arrays["n_users"]), int(arrays["n_items"]), arrays["train_users"], arrays["train_items"],
-            arrays.get("train_timestamps"), arrays.get("user_ids"), arrays.get("item_ids"),
-            str(arrays.get("name", path.stem)),
-        )
-        split = cls(train, arrays["eval_users"].astype(np.int64), arrays["valid_items"].astype(np.int64),
-                    arrays["test_items"].astype(np.int64), arrays["valid_candidates"].astype(np.int64),
-                    arrays["test_candidates"].astype(np.int64), int(arrays["seed"]),
-                    str(arrays["data_fingerprint"]))
+        ids = ("train_users", "train_items", "eval_users", "valid_items", "test_items", "valid_candidates",
+               "test_candidates")
+        not_integer = [key for key in (*ids, "version", "n_users", "n_items", "seed") if arrays[key].dtype.kind not in "iu"]
+        if not_integer:
+            raise DataError(f"{path}: not a rankdistill split file ({', '.join(not_integer)} not integers)")
+        try:
+            if int(arrays["version"]) != _FORMAT_VERSION:
+                raise DataError(f"{path}: split format version {int(arrays['version'])}, expected {_FORMAT_VERSION}")
+            train = Interactions(
+                int(arrays["n_users"]), int(arrays["n_items"]), arrays["train_users"], arrays["train_items"],
+                arrays.get("train_timestamps"), arrays.get("user_ids"), arrays.get("item_ids"),
+                str(arrays.get("name", path.stem)),
+            )
+            split = cls(train, *(arrays[key].astype(np.int64) for key in ids[2:]), int(arrays["seed"]),
+                        str(arrays["data_fingerprint"]))
+        except DataError:
+            raise
+        except (TypeError, ValueError) as exc:  # e.g. an array where a number belongs
+            raise DataError(f"{path}: malformed split file ({exc})") from None
         split._validate(path)
         return split
 

@@ -30,14 +30,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingDiverged
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, EvalResult, Evaluator, metric_names
-from .io import torch_save, write_json
+from .io import torch_load, torch_save, write_json
 from .models import Recommender, save_model
 from .unobserved import ObservedItems, sample_unobserved
 from .split import Split
 
-__all__ = ["Batch", "Method", "TrainConfig", "TrainResult", "Trainer", "check_device", "seed_everything"]
+__all__ = ["Batch", "Method", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device",
+           "seed_everything"]
 
 log = logging.getLogger("rankdistill")
 
@@ -45,11 +46,21 @@ CHECKPOINT = "checkpoint.pt"
 BEST_MODEL = "best.pt"
 RESULTS = "results.json"
 TEST_PER_USER = "test_per_user.npz"
+# What a run writes into its folder (a method may add its own: Method.output_files).
+RUN_OUTPUTS = (CHECKPOINT, BEST_MODEL, RESULTS, TEST_PER_USER)
 _CHECKPOINT_KIND = "rankdistill-trainer"
+_CHECKPOINT_KEYS = ("config", "state_dict", "info", "train_config", "split", "method_name", "method", "optimizer",
+                    "rng", "epoch", "history", "best", "bad_evals", "stopped_early")
 
-# Options that change the course of training: a resumed run must use the same.
-_RESUME_INVARIANT = ("batch_size", "lr", "weight_decay", "n_negatives", "eval_every", "metric", "protocol",
-                     "cutoffs", "seed")
+# Training options a resumed run may change (recorded in results.json under
+# "resumes"); every other option, and everything in the run's info (method
+# options, teacher digest, --top, the split's identity), must stay the same.
+RESUME_MAY_CHANGE = ("epochs", "patience")
+# ... and what does not change a result at all: where and how it is shown.
+_RESUME_IRRELEVANT = ("device", "progress", "eval_batch_size")
+# Entries of the run's info that say where things are, not what they are
+# (the teacher's and the split's content are compared through their digests).
+_INFO_LOCATIONS = ("teacher", "data", "split_file")
 
 
 def seed_everything(seed: int) -> None:
@@ -60,13 +71,25 @@ def seed_everything(seed: int) -> None:
 
 
 def check_device(device: str) -> None:
-    """A ``ConfigError`` for a device name torch does not know or cannot use here."""
+    """A ``ConfigError`` unless ``device`` is ``cpu`` or a CUDA device of this
+    machine (``cuda``, ``cuda:N``): the ops have kernels for these two only."""
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            devices = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), {devices}")
+
+
+# Seeds that every generator a run seeds accepts (NumPy's global one stops at 2**32 - 1).
+SEEDS = range(2**32)
 
 
 @dataclass
@@ -94,8 +117,10 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight-decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.seed not in SEEDS:
+            raise ConfigError(f"seed must be an integer from 0 to {SEEDS[-1]}, got {self.seed}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if self.metric not in metric_names(self.cutoffs):
@@ -133,6 +158,8 @@ class Method:
 
     name = "student"
     refresh_every = 1
+    # Files the method writes into the run folder (besides RUN_OUTPUTS).
+    output_files: tuple[str, ...] = ()
 
     def on_train_start(self, trainer: "Trainer") -> None:
         pass
@@ -194,7 +221,8 @@ class Trainer:
         self.split = split
         self.method = method or Method()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.info = dict(info or {})  # extra facts recorded in results.json and best.pt
+        # extra facts recorded in the checkpoint, results.json and best.pt
+        self.info = {**(info or {}), **split.identity()}
         self.evaluator = Evaluator(split, protocol=self.config.protocol, cutoffs=self.config.cutoffs,
                                    batch_size=self.config.eval_batch_size)
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
@@ -208,6 +236,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None  # {"epoch", "valid", "state"}
         self.bad_evals = 0
         self.stopped_early = False
+        self.resumes: list[dict[str, Any]] = []  # options changed at each resume
 
     @property
     def show_progress(self) -> bool:
@@ -248,6 +277,9 @@ class Trainer:
         n_batches = math.ceil(len(users) / config.batch_size)
         totals: dict[str, torch.Tensor] = {}
         show_progress = self.show_progress
+        # Reading a value synchronises a GPU: there the loss is checked every
+        # 20 batches (a non-finite one stays in the running totals until then).
+        check_every = 1 if self.device.type == "cpu" else 20
         bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch",
                    disable=not show_progress, dynamic_ncols=True)
         for b in bar:
@@ -264,7 +296,9 @@ class Trainer:
             self.optimizer.step()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.detach()
-            if show_progress and b % 20 == 0:  # reading the loss synchronises a GPU: not every batch
+            if b % check_every == 0 or b == n_batches - 1:
+                self._check_finite(epoch, totals, check_parameters=b == n_batches - 1)
+            if show_progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(totals['loss']) / (b + 1):.4f}", **self._last_valid_postfix())
         bar.close()
         record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start}
@@ -276,6 +310,37 @@ class Trainer:
             self._validate(epoch, record)
         self.history.append(record)
         self._log_epoch(record)
+
+    def _check_finite(self, epoch: int, totals: dict[str, torch.Tensor], *, check_parameters: bool) -> None:
+        """Stop the run at a non-finite loss term (or, at the end of an epoch,
+        parameter), before anything of this epoch is saved: the checkpoint
+        keeps the last good epoch, and no NaN model is ever evaluated."""
+        terms = [name for name, value in totals.items() if not bool(torch.isfinite(value))]
+        params = []
+        if check_parameters or terms:
+            named = [*self.model.named_parameters(), *(
+                (f"{self.method.name}.{i}", p) for i, p in enumerate(self.method.parameters()))]
+            params = [name for name, p in named if not bool(torch.isfinite(p).all())]
+        if not terms and not params:
+            return
+        what = []
+        if terms:
+            what.append(f"the loss term{'s' if len(terms) > 1 else ''} {', '.join(terms)} became "
+                        f"{'/'.join(sorted({str(float(totals[t])) for t in terms}))}")
+        if params:
+            what.append(f"parameter{'s' if len(params) > 1 else ''} {', '.join(params[:4])}"
+                        f"{' ...' if len(params) > 4 else ''} became non-finite")
+        config = self.config
+        if terms and "loss" not in terms:
+            cause = (f"the method's loss weights, temperatures or other -o options of {self.method.name} "
+                     f"({', '.join(terms)})")
+        else:
+            cause = f"too large a learning rate (--lr {config.lr:g}) or weight decay (--weight-decay {config.weight_decay:g})"
+        path = self.checkpoint_path
+        kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {path}" if epoch > 0 and path is not None
+                and path.exists() else "nothing was saved")
+        raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: {' and '.join(what)}; likely cause: {cause}; "
+                               f"{kept}")
 
     def _validate(self, epoch: int, record: dict[str, Any]) -> None:
         valid = self.evaluator.evaluate(self.model, "valid").means()
@@ -363,9 +428,9 @@ class Trainer:
             "kind": _CHECKPOINT_KIND,
             "config": self.model.config(),  # read by models.load_model
             "state_dict": self.model.state_dict(),
-            "info": {**self.info, "split_seed": self.split.seed, "data_fingerprint": self.split.data_fingerprint},
+            "info": self.info,
             "train_config": dataclasses.asdict(self.config),
-            "split": {"fingerprint": self.split.data_fingerprint, "seed": self.split.seed},
+            "split": self.split.identity(),
             "method_name": self.method.name,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -375,36 +440,60 @@ class Trainer:
             "best": self.best,
             "bad_evals": self.bad_evals,
             "stopped_early": self.stopped_early,
+            "resumes": self.resumes,
         })
 
     def _load_checkpoint(self, path: Path) -> None:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception:  # torch raises many types for a file that is not a checkpoint
-            raise DataError(f"{path}: not a readable checkpoint") from None
-        if not isinstance(state, dict) or state.get("kind") != _CHECKPOINT_KIND:
+        state = torch_load(path, "training checkpoint", map_location=self.device)
+        if state.get("kind") != _CHECKPOINT_KIND:
             raise DataError(f"{path}: not a rankdistill training checkpoint")
-        expected = {"model": self.model.config(), "split": {"fingerprint": self.split.data_fingerprint,
-                                                             "seed": self.split.seed},
-                    "method": self.method.name}
-        found = {"model": state["config"], "split": state["split"], "method": state["method_name"]}
-        saved_config = state["train_config"]
-        for key in _RESUME_INVARIANT:
-            expected[key] = _plain(getattr(self.config, key))
-            found[key] = _plain(saved_config[key])
-        changed = [key for key in expected if expected[key] != found[key]]
-        if changed:
-            details = "; ".join(f"{key}: checkpoint {found[key]!r}, now {expected[key]!r}" for key in changed)
-            raise ConfigError(f"{path} belongs to a different run ({details}); use another --out or drop --resume")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
-        self._set_rng_states(state["rng"])
+        missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise DataError(f"{path}: incomplete training checkpoint (no {', '.join(missing)})")
+        self._check_same_run(path, state)
+        try:
+            self.model.load_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+            self._set_rng_states(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # shapes or keys that do not fit
+            raise DataError(f"{path}: its state does not fit this run ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0]})") from None
         self.epoch = state["epoch"]
         self.history = state["history"]
         self.best = state["best"]
         self.bad_evals = state["bad_evals"]
         self.stopped_early = state["stopped_early"]
+        saved_config = state["train_config"]
+        changed = {key: [saved_config.get(key), getattr(self.config, key)] for key in RESUME_MAY_CHANGE
+                   if saved_config.get(key) != getattr(self.config, key)}
+        self.resumes = [*state.get("resumes", []), {"after_epoch": self.epoch, "changed": changed}]
+        if changed:
+            log.info("resuming with %s", ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
+        # A run that stopped early may go on if the patience grew.
+        if "patience" in changed:
+            others = self.method.co_trained_bad_evals()
+            self.stopped_early = (self.bad_evals >= self.config.patience
+                                  and (others is None or others >= self.config.patience))
+
+    def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
+        """A ``ConfigError`` listing every difference between the checkpoint's
+        run and this one, except the options a resume may change."""
+        saved_info = state["info"] if isinstance(state["info"], dict) else {}
+        expected = {"model": self.model.config(), "split": self.split.identity(), "method": self.method.name}
+        found = {"model": state["config"], "split": state["split"], "method": state["method_name"]}
+        for key, value in dataclasses.asdict(self.config).items():
+            if key not in RESUME_MAY_CHANGE and key not in _RESUME_IRRELEVANT:
+                expected[key], found[key] = _plain(value), _plain(state["train_config"].get(key))
+        for key in sorted(set(self.info) | set(saved_info)):
+            if key not in _INFO_LOCATIONS and key not in expected:
+                expected[key], found[key] = _plain(self.info.get(key)), _plain(saved_info.get(key))
+        changed = [key for key in expected if expected[key] != found[key]]
+        if changed:
+            details = "; ".join(f"{key}: checkpoint {found[key]!r}, now {expected[key]!r}" for key in changed)
+            raise ConfigError(f"{path} belongs to a different run ({details}); only "
+                              f"{' and '.join('--' + k for k in RESUME_MAY_CHANGE)} may change on --resume: "
+                              "use another --out or drop --resume")
 
     def _write_outputs(self, result: TrainResult) -> None:
         summary = {
@@ -413,8 +502,6 @@ class Trainer:
             "num_parameters": self.model.num_parameters(),
             "method": self.method.name,
             "train_config": dataclasses.asdict(self.config),
-            "split_seed": self.split.seed,
-            "data_fingerprint": self.split.data_fingerprint,
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "stopped_early": result.stopped_early,
@@ -423,6 +510,7 @@ class Trainer:
             "valid": result.valid,
             "test": result.test,
             "history": result.history,
+            "resumes": self.resumes,
             **result.extra,
         }
         save_model(self.out_dir / BEST_MODEL, self.model,

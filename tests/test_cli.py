@@ -2,15 +2,19 @@
 resume and evaluate work end to end on a small file."""
 
 import json
+import re
 import struct
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
+from rankdistill import cli
 from rankdistill.cli import main
 from rankdistill.compare import Run, format_summary, markdown_summary, paired_tests, plot_curves, summarize, table_metrics
 from rankdistill.data import synthetic
@@ -104,16 +108,17 @@ def test_train_resume_and_evaluate(capsys, tmp_path, users_dat):
                                        "--split", str(out / "split.npz"), "--out", str(tmp_path / "other"))
 
 
-def test_evaluate_recreates_the_training_split(capsys, tmp_path, users_dat):
+def test_evaluate_uses_the_split_the_model_was_trained_on(capsys, tmp_path, users_dat):
     out = tmp_path / "run"
     data = ["--data", str(users_dat), "--eval-candidates", "100"]
     assert run(capsys, "student", *data, "--split-seed", "5", "--epochs", "1", "--out", str(out), "-q")[0] == 0
-    code, _, _ = run(capsys, "evaluate", str(out / "best.pt"), *data, "--json", str(tmp_path / "m.json"), "-q")
+    # no --split: the split recorded in the model (its run folder's), not a new one
+    code, _, _ = run(capsys, "evaluate", str(out / "best.pt"), "--json", str(tmp_path / "m.json"), "-q")
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
     assert metrics == pytest.approx(json.loads((out / "results.json").read_text())["test"])
     line = run_error(capsys, "evaluate", str(out / "checkpoint.pt"), *data, "--split-seed", "6")
-    assert "trained on another split" in line
+    assert "was made with --split-seed 5" in line
 
 
 def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path, users_dat):
@@ -169,14 +174,125 @@ def test_distill_and_compare_end_to_end(capsys, users_dat, teacher_run, tmp_path
 
 
 def test_distill_errors(capsys, users_dat, teacher_run, tmp_path):
-    common = ["--data", str(users_dat), "--teacher", str(teacher_run / "best.pt"), "--out", str(tmp_path / "x")]
+    common = ["--data", str(users_dat), "--teacher", str(teacher_run / "best.pt"), "--top", "40",
+              "--out", str(tmp_path / "x")]
     assert "no method has an option 'nope'" in run_error(capsys, "distill", *common, "-o", "nope=1")
     assert "expected KEY=VALUE" in run_error(capsys, "distill", *common, "-o", "lambda_rrd")
     assert "unknown method(s) 'xyz'" in run_error(capsys, "compare", *common, "--methods", "rrd,xyz")
-    line = run_error(capsys, "distill", *common, "--split-seed", "5", "--eval-candidates", "50",
-                     "--split", str(tmp_path / "other.npz"))
-    assert "trained on another split" in line
 
+
+# ------------------------------------------------- every option checked before any work
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--weight-decay", "nan"], "weight-decay must be a finite number >= 0, got nan"),
+    (["--weight-decay", "inf"], "weight-decay must be a finite number >= 0, got inf"),
+    (["--seed", "-1"], "argument --seed: expected a seed from 0 to 4294967295, got -1"),
+    (["--seed", "4294967296"], "argument --seed: expected a seed from 0 to 4294967295, got 4294967296"),
+    (["--split-seed", "-1"], "argument --split-seed: expected a seed from 0 to 4294967295, got -1"),
+    (["--corruption", "nan"], "argument --corruption: expected a finite number, got 'nan'"),
+    (["--corruption", "1"], "argument --corruption: expected a probability in [0, 1), got '1'"),
+    (["--negatives", "100000000"], "--negatives 100000000: a positive's negatives are drawn from the other"),
+    (["--dim", "1000000000"], "--dim 1000000000: the embeddings of 120 users and"),
+    (["--device", "meta"], "unknown device 'meta'; use cpu, cuda or cuda:N"),
+    (["--device", "mps"], "unknown device 'mps'; use cpu, cuda or cuda:N"),
+    (["--device", "xla"], "unknown device 'xla'; use cpu, cuda or cuda:N"),
+])
+def test_train_checks_numbers_and_devices_before_any_work(capsys, tmp_path, users_dat, argv, fragment):
+    out = tmp_path / "run"
+    line = run_error(capsys, "student", "--data", str(users_dat), "--dim", "4", "--epochs", "1",
+                     "--eval-candidates", "50", "--no-progress", "--out", str(out), *argv)
+    assert fragment in line
+    assert not out.exists()
+
+
+
+def test_the_rating_threshold_must_be_finite(capsys, tmp_path, users_dat):
+    lines = users_dat.read_text().splitlines()
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("".join(f"{u},{i},5\n" for u, line in enumerate(lines) for i in line.split()[1:]))
+    out = tmp_path / "run"
+    line = run_error(capsys, "student", "--data", str(ratings), "--rating-threshold=-inf", "--dim", "4",
+                     "--epochs", "1", "--eval-candidates", "50", "--out", str(out))  # -inf kept every row
+    assert "argument --rating-threshold: expected a finite number, got '-inf'" in line
+    assert not out.exists()
+
+def test_a_model_too_large_for_the_memory_is_refused_with_its_size(capsys, tmp_path, users_dat, monkeypatch):
+    monkeypatch.setattr(cli, "_memory", lambda device: (10**9, "this machine's"))
+    line = run_error(capsys, "student", "--data", str(users_dat), "--dim", "200000", "--eval-candidates", "50",
+                     "--out", str(tmp_path / "r"))
+    # (120 users + about 430 items) x 200,000 floats x 16 bytes: about 1.8 GB
+    assert re.search(r"--dim 200000: the embeddings of 120 users and \d+ items alone need 1\.\d GB to train "
+                     r"\(float32 weights, gradients and Adam's two moments\), more than this machine's 1\.0 GB", line)
+
+
+def test_a_cuda_device_beyond_the_machines_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    line = run_error(capsys, "student", "--device", "cuda:1", "--out", str(tmp_path / "r"))
+    assert line.endswith("device 'cuda:1': this machine has 1 CUDA device(s), cuda:0")
+
+
+
+def test_a_cuda_run_is_bounded_by_the_gpus_memory(capsys, tmp_path, users_dat, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=10**9))
+    line = run_error(capsys, "student", "--data", str(users_dat), "--device", "cuda", "--dim", "200000",
+                     "--eval-candidates", "50", "--out", str(tmp_path / "r"))
+    assert line.endswith("more than cuda's 1.0 GB of memory")
+
+def test_the_largest_seeds_are_accepted(capsys, tmp_path, users_dat):
+    code, _, _ = run(capsys, "student", "--data", str(users_dat), "--dim", "4", "--epochs", "1", "--seed", "4294967295",
+                     "--split-seed", "4294967295", "--eval-candidates", "50", "--out", str(tmp_path / "r"), "-q")
+    assert code == 0
+
+
+@pytest.fixture
+def no_rankings(monkeypatch):
+    """The test fails if the command gets as far as the teacher's rankings."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher's rankings were computed before the options were checked")
+    monkeypatch.setattr(cli, "load_or_compute_rankings", refuse)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    # the third method's option: it used to be found after the first two had trained
+    (["compare", "--methods", "student,rrd,dcd", "-o", "dcd:mu=nan"],
+     "dcd: option mu must be a finite number > 0, got nan"),
+    (["compare", "--methods", "student,rrd", "-o", "lambda_rrd=inf"],
+     "rrd: option lambda_rrd must be a finite number >= 0, got inf"),
+    (["compare", "--methods", "student,de", "-o", "tau_start=inf"], "de: option tau_start must be a finite number > 0"),
+    (["compare", "--methods", "student,rrd", "-o", "rrd:uninteresting=0"],
+     "rrd: option uninteresting must be an integer >= 1, got 0"),
+    (["compare", "--methods", "student,rrd", "--seeds", "0,-1"], "argument --seeds: expected a seed from 0"),
+    (["compare", "--methods", "student,rrd", "--lr", "nan"], "lr must be a positive number, got nan"),
+    # an option of a method this command does not run is still a mistake
+    (["distill", "--method", "rrd", "-o", "dcd:mu=-1"], "dcd: option mu must be a finite number > 0, got -1.0"),
+    (["distill", "--method", "rrd", "-o", "lambda_rrd=nan"], "rrd: option lambda_rrd must be a finite number >= 0"),
+    (["distill", "--method", "dcd", "-o", "temperature=nan"], "dcd: option temperature must be a finite number > 0"),
+    (["distill", "--method", "rrd", "--metric", "H@7"], "selection metric 'H@7' is not one of"),
+    (["distill", "--method", "rrd", "--seed", "-1"], "argument --seed: expected a seed from 0"),
+    (["distill", "--method", "rrd", "--negatives", "100000000"], "--negatives 100000000: a positive's negatives"),
+    (["distill", "--method", "bd", "-o", "teacher_init=fresh", "-o", "teacher_dim=1000000000"],
+     "-o teacher_dim=1000000000: the embeddings of 120 users and"),
+])
+def test_distill_and_compare_check_every_option_before_any_work(capsys, users_dat, teacher_run, tmp_path, no_rankings,
+                                                                argv, fragment):
+    out = tmp_path / "out"
+    line = run_error(capsys, *argv, "--data", str(users_dat), "--teacher", str(teacher_run / "best.pt"), "--top", "40",
+                     "--dim", "4", "--epochs", "1", "--no-progress", "--out", str(out))
+    assert fragment in line
+    assert not out.exists()
+
+
+
+def test_distill_checks_sizes_against_the_teachers_split(capsys, teacher_run, tmp_path, no_rankings):
+    # no --data: the teacher's split (431 items), not the synthetic default (1,500 items)
+    out = tmp_path / "out"
+    line = run_error(capsys, "distill", "--method", "rrd", "--teacher", str(teacher_run / "best.pt"), "--top", "40",
+                     "--negatives", "431", "--out", str(out))
+    assert "--negatives 431: a positive's negatives are drawn from the other 430 items of the catalogue" in line
+    assert not out.exists()
 
 def test_methods_lists_every_method(capsys):
     code, out, _ = run(capsys, "methods")

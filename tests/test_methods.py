@@ -316,3 +316,48 @@ def test_bad_method_options_are_config_errors(teacher, rankings):
         build_method("rrd", None, None)
     with pytest.raises(ConfigError, match="unknown method"):
         build_method("xyz", teacher, rankings)
+
+
+# ---------------------------------------------------------------- option bounds
+
+def test_every_numeric_or_text_option_declares_what_it_accepts():
+    for name in METHODS:
+        options = method_options(name)  # the defaults and the presets are within their bounds
+        for f in dataclasses.fields(options):
+            if type(f.default) in (int, float, str):
+                assert "allowed" in f.metadata, (name, f.name)
+
+
+@pytest.mark.parametrize("name, key, value, message", [
+    # NaN passed every `< 0` and `<= 0` check, inf every one
+    ("rrd", "lambda_rrd", "nan", "option lambda_rrd must be a finite number >= 0, got nan"),
+    ("rrd", "lambda_ir", "inf", "option lambda_ir must be a finite number >= 0, got inf"),
+    ("rrd", "temperature", "nan", "option temperature must be a finite number > 0, got nan"),
+    ("dcd", "mu", "nan", "option mu must be a finite number > 0, got nan"),
+    ("rd", "mu", "nan", "option mu must be a finite number > 0, got nan"),
+    ("rd", "temperature", "inf", "option temperature must be a finite number > 0, got inf"),
+    ("cd", "label_temperature", "nan", "option label_temperature must be a finite number > 0, got nan"),
+    ("de", "tau_start", "inf", "option tau_start must be a finite number > 0, got inf"),
+    ("de-rrd", "lambda_de", "nan", "option lambda_de must be a finite number >= 0, got nan"),
+    ("bd", "eps", "inf", "option eps must be a finite number > 0, got inf"),
+    ("bd", "lambda_ts", "nan", "option lambda_ts must be a finite number >= 0, got nan"),
+    ("ibd", "gamma_st", "inf", "option gamma_st must be a finite number >= 0, got inf"),
+    # counts where 0 makes no sense (an empty list to rank; uninteresting=0 crashed in the first epoch)
+    ("rrd", "interesting", "0", "option interesting must be an integer >= 1, got 0"),
+    ("rrd+ir-rrd", "item_uninteresting", "0", "option item_uninteresting must be an integer >= 1, got 0"),
+    ("dcd", "m_under", "0", "option m_under must be an integer >= 1, got 0"),
+    # from Python: the field's type
+    ("cd", "samples", 2.5, "option samples must be an integer >= 1, got 2.5"),
+])
+def test_option_values_outside_their_bounds_are_refused(name, key, value, message):
+    with pytest.raises(ConfigError) as error:
+        method_options(name, {key: value})
+    assert str(error.value) == message
+
+
+def test_option_bounds_are_inclusive_where_they_say_so():
+    assert method_options("rrd", {"lambda_rrd": "0", "temperature": "1e-9"}).lambda_rrd == 0
+    assert method_options("dcd", {"m_over": "0", "diagnose_every": "0"}).m_over == 0
+    assert method_options("bd", {"teacher_dim": "0", "redraw_every": "0"}).teacher_dim == 0
+    with pytest.raises(ConfigError, match="option temperature must be a finite number > 0, got 0.0"):
+        method_options("rrd", {"temperature": "0"})

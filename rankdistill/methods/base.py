@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 from ..trainer import Method
 
-__all__ = ["SIDES", "Distillation", "MethodOptions", "RowSchedule", "Side", "evaluation_mode", "listwise_losses"]
+__all__ = ["AT_LEAST_ONE", "NON_NEGATIVE", "POSITIVE", "SIDES", "Distillation", "LowerBound", "MethodOptions",
+           "RowSchedule", "Side", "evaluation_mode", "listwise_losses", "option"]
 
 log = logging.getLogger("rankdistill")
 
@@ -176,6 +178,50 @@ def listwise_losses(model: Recommender, side: Side, rows: torch.Tensor,
 ROW_SCHEDULES = ("batch", "spread")
 
 
+@dataclass(frozen=True)
+class LowerBound:
+    """The numbers a method option accepts: from ``low`` on, or above it if ``strict``."""
+
+    low: float
+    strict: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        return value > self.low if self.strict else value >= self.low
+
+    def __str__(self) -> str:
+        return f"{'>' if self.strict else '>='} {self.low:g}"
+
+
+POSITIVE = LowerBound(0.0, strict=True)  # scales: temperatures, mu, eps, tau
+NON_NEGATIVE = LowerBound(0.0)  # loss weights (0 turns a term off), counts where 0 means "none" or "the default"
+AT_LEAST_ONE = LowerBound(1)  # counts and intervals in epochs
+
+
+def option(default: Any, allowed: LowerBound | tuple[str, ...] | None = None) -> Any:
+    """A field of a method's options with the values it accepts: a
+    ``LowerBound`` for a number, a tuple of choices for a string (a bool
+    needs neither)."""
+    return dataclasses.field(default=default, metadata={"allowed": allowed} if allowed is not None else {})
+
+
+def _check_option(f: dataclasses.Field, value: Any) -> None:
+    allowed = f.metadata.get("allowed")
+    if isinstance(allowed, tuple):
+        if value not in allowed:
+            raise ConfigError(f"option {f.name} must be one of {', '.join(allowed)}, got {value!r}")
+        return
+    kind = type(f.default)  # as in _convert
+    if kind not in (int, float):
+        return
+    # NaN passes no comparison and inf overflows every weight, temperature or
+    # count: no option takes either. A number without a declared bound must be >= 0.
+    bound = allowed or NON_NEGATIVE
+    number = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value not in bound:
+        raise ConfigError(f"option {f.name} must be {'an integer' if kind is int else 'a finite number'} {bound}, "
+                          f"got {value!r}")
+
+
 @dataclass
 class MethodOptions:
     """Base of each method's options.
@@ -188,18 +234,17 @@ class MethodOptions:
     mean the two give each row about the same total weight per epoch, and
     ``"spread"`` scores a fraction of the pairs (see docs/distillation.md).
     ``diagnose_every`` (epochs, 0 = never) records the mean |R_S - R_T| over
-    the teacher's top-50 on both sides."""
+    the teacher's top-50 on both sides.
 
-    rows: str = "spread"
-    diagnose_every: int = 5
+    Each field says what it accepts (``option(default, allowed)``), and
+    ``__post_init__`` checks every field against it."""
+
+    rows: str = option("spread", ROW_SCHEDULES)
+    diagnose_every: int = option(5, NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        if self.rows not in ROW_SCHEDULES:
-            raise ConfigError(f"option rows must be one of {', '.join(ROW_SCHEDULES)}, got {self.rows!r}")
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ConfigError(f"option {f.name} must be >= 0, got {value}")
+            _check_option(f, getattr(self, f.name))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MethodOptions":

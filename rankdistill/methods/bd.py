@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..models import Recommender, build_model, save_model
 from ..models.base import SCORE_ALL_BUDGET
 from ..ops import rank_positions, weighted_sample
-from .base import Distillation, MethodOptions, evaluation_mode
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, evaluation_mode, option
 
 if TYPE_CHECKING:
     from ..trainer import Batch, Trainer
@@ -72,41 +72,30 @@ class BidirectionalOptions(MethodOptions):
     from the given teacher. ``diagnose_every`` is not used: every round logs
     its own numbers (mean gap of the sampled items, corrected share)."""
 
-    temperature: float = 5.0
-    eps: float = 1e-4  # S->T sampler (the teacher's)
-    eps_t: float = 1e-2  # T->S sampler (the student's)
-    samples: int = 20  # new items per user, direction and draw
-    update_every: int = 10  # epochs per sampling round (ranks of every item)
-    redraw_every: int = 0  # epochs per draw from a round's weights; 0: one draw, kept for the whole round
-    teacher_init: str = "trained"
-    teacher_dim: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("temperature", "eps", "eps_t"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
-        for name in ("samples", "update_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
-        if self.redraw_every < 0:
-            raise ConfigError(f"option redraw_every must be >= 0, got {self.redraw_every}")
-        if self.teacher_init not in TEACHER_INITS:
-            raise ConfigError(f"option teacher_init must be one of {', '.join(TEACHER_INITS)}, "
-                              f"got {self.teacher_init!r}")
+    temperature: float = option(5.0, POSITIVE)
+    eps: float = option(1e-4, POSITIVE)  # S->T sampler (the teacher's)
+    eps_t: float = option(1e-2, POSITIVE)  # T->S sampler (the student's)
+    samples: int = option(20, AT_LEAST_ONE)  # new items per user, direction and draw
+    update_every: int = option(10, AT_LEAST_ONE)  # epochs per sampling round (ranks of every item)
+    # epochs per draw from a round's weights; 0: one draw, kept for the whole round
+    redraw_every: int = option(0, NON_NEGATIVE)
+    teacher_init: str = option("trained", TEACHER_INITS)
+    teacher_dim: int = option(0, NON_NEGATIVE)  # 0: the teacher's
 
 
 @dataclass
 class BDOptions(BidirectionalOptions):
-    lambda_ts: float = 0.5  # weight of the student's distillation loss
-    lambda_st: float = 0.5  # weight of the teacher's
+    lambda_ts: float = option(0.5, NON_NEGATIVE)  # weight of the student's distillation loss
+    lambda_st: float = option(0.5, NON_NEGATIVE)  # weight of the teacher's
 
 
 @dataclass
 class IBDOptions(BidirectionalOptions):
-    gamma_ts: float = 0.5  # weight of T->S (the student learns), in {0.1, 0.5, 0.9}
-    gamma_st: float = 0.5  # weight of S->T (the teacher learns)
-    retain: int = 20  # at most this many uncorrected items kept per user and direction (0: plain BD)
+    # Loss weights in BD's lambdas' place (the paper tries 0.1, 0.5, 0.9), not a split of 1 between the two.
+    gamma_ts: float = option(0.5, NON_NEGATIVE)  # weight of T->S (the student learns)
+    gamma_st: float = option(0.5, NON_NEGATIVE)  # weight of S->T (the teacher learns)
+    # at most this many uncorrected items kept per user and direction (0: plain BD)
+    retain: int = option(20, NON_NEGATIVE)
 
 
 # --------------------------------------------------------------- sampling
@@ -203,6 +192,7 @@ class BD(Distillation):
     Options: ClassVar[type[MethodOptions]] = BDOptions
     trains_teacher = True
     needs_rankings = False
+    output_files = (TEACHER_MODEL, TEACHER_TEST_PER_USER)
 
     def __init__(self, teacher: Recommender | None, rankings=None, options: MethodOptions | None = None) -> None:
         if teacher is None:
@@ -379,9 +369,9 @@ class BD(Distillation):
                    "teacher_model_config": self.teacher.config(),
                    "teacher_num_parameters": self.teacher.num_parameters()}
         if trainer.out_dir is not None:
-            save_model(trainer.out_dir / TEACHER_MODEL, self.teacher, role="teacher", method=self.name,
-                       split_seed=trainer.split.seed, data_fingerprint=trainer.split.data_fingerprint,
-                       best_epoch=best["epoch"], valid=best["valid"], test=result.means())
+            where = {key: trainer.info[key] for key in ("data", "split_file") if key in trainer.info}
+            save_model(trainer.out_dir / TEACHER_MODEL, self.teacher, role="teacher", method=self.name, **where,
+                       **trainer.split.identity(), best_epoch=best["epoch"], valid=best["valid"], test=result.means())
             result.save_per_user(trainer.out_dir / TEACHER_TEST_PER_USER)
         return summary
 

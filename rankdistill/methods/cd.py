@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..models import Recommender
-from .base import Distillation, MethodOptions, evaluation_mode
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, evaluation_mode, option
 from .rrd import sample_interesting
 
 if TYPE_CHECKING:
@@ -38,18 +37,10 @@ class CDOptions(MethodOptions):
     """K=10 sampled items per user, T=10 (the low end and the middle of the
     ranges K in 10..50, T in 1..20), lambda 1."""
 
-    lambda_cd: float = 1.0
-    samples: int = 10
-    temperature: float = 10.0
-    label_temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.samples < 1:
-            raise ConfigError(f"option samples must be >= 1, got {self.samples}")
-        for name in ("temperature", "label_temperature"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
+    lambda_cd: float = option(1.0, NON_NEGATIVE)
+    samples: int = option(10, AT_LEAST_ONE)
+    temperature: float = option(10.0, POSITIVE)
+    label_temperature: float = option(1.0, POSITIVE)
 
 
 @torch.no_grad()

@@ -88,8 +88,8 @@ class Combined(Distillation):
 
 
 def combined_options(name: str, classes: tuple[type[MethodOptions], ...]) -> type[MethodOptions]:
-    """A dataclass inheriting every one of ``classes`` (their ``__post_init__``
-    checks all run, each calling ``super()``)."""
+    """A dataclass inheriting every one of ``classes``; each field keeps the
+    values it accepts, which ``MethodOptions.__post_init__`` checks."""
     seen: dict[str, Any] = {}
     for cls in classes:
         for f in dataclasses.fields(cls):

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import ConfigError
 from ..ops import discrepancy_sample
 from ..reference import discrepancy_weights
-from .base import Side
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Side, option
 from .rrd import RRD, RRDOptions
 
 if TYPE_CHECKING:
@@ -40,23 +39,14 @@ RANK_SCOPES = ("catalogue", "candidates")
 
 @dataclass
 class DCDOptions(RRDOptions):
-    lambda_ucd: float = 1e-3
-    lambda_icd: float = 1e-3
-    mu: float = 1e-3
-    m_under: int = 40
-    m_over: int = 40
-    correct_every: int = 5
-    rank_scope: str = "catalogue"
+    lambda_ucd: float = option(1e-3, NON_NEGATIVE)
+    lambda_icd: float = option(1e-3, NON_NEGATIVE)
+    mu: float = option(1e-3, POSITIVE)
+    m_under: int = option(40, AT_LEAST_ONE)
+    m_over: int = option(40, NON_NEGATIVE)  # 0: the under-estimated items are ranked with no tail below them
+    correct_every: int = option(5, AT_LEAST_ONE)
+    rank_scope: str = option("catalogue", RANK_SCOPES)
     sampling: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rank_scope not in RANK_SCOPES:
-            raise ConfigError(f"option rank_scope must be one of {', '.join(RANK_SCOPES)}, got {self.rank_scope!r}")
-        if self.mu <= 0:
-            raise ConfigError(f"option mu must be > 0, got {self.mu}")
-        if self.correct_every < 1:
-            raise ConfigError(f"option correct_every must be >= 1, got {self.correct_every}")
 
 
 def largest_discrepancies(student_rank: torch.Tensor, teacher_rank: torch.Tensor, k: int, *, mu: float,

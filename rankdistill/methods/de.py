@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import Recommender
-from .base import Distillation, MethodOptions, evaluation_mode
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, evaluation_mode, option
 from .combine import combine
 from .rrd import REDUCTIONS, RRD
 
@@ -54,22 +54,12 @@ _INIT_SEED_OFFSET = 7919
 class DEOptions(MethodOptions):
     """M=30 experts, tau annealed from 1 to 1e-10, lambda 1e-2."""
 
-    lambda_de: float = 1e-2
-    experts: int = 30
-    tau_start: float = 1.0
-    tau_end: float = 1e-10
-    anneal_epochs: int = 0
-    reduction: str = "mean"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.experts < 1:
-            raise ConfigError(f"option experts must be >= 1, got {self.experts}")
-        for name in ("tau_start", "tau_end"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError(f"option reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
+    lambda_de: float = option(1e-2, NON_NEGATIVE)
+    experts: int = option(30, AT_LEAST_ONE)
+    tau_start: float = option(1.0, POSITIVE)
+    tau_end: float = option(1e-10, POSITIVE)
+    anneal_epochs: int = option(0, NON_NEGATIVE)  # 0: the run's epochs
+    reduction: str = option("mean", REDUCTIONS)
 
 
 def annealed_temperature(step: int, total: int, start: float, end: float) -> float:

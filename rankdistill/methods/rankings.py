@@ -9,7 +9,6 @@ comparison reads the same lists.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
-from ..io import torch_save
+from ..errors import ConfigError, DataError, TrainingDiverged
+from ..io import file_sha256, torch_load, torch_save
 from ..models import Recommender
 from ..models.base import SCORE_ALL_BUDGET
 from ..split import Split
@@ -54,6 +53,9 @@ def _masked_rows(score_rows, start: int, stop: int, indptr: torch.Tensor, indice
     """Scores of rows ``start:stop`` (float32), their observed (CSR) columns set to -inf."""
     device = indptr.device
     scores = score_rows(torch.arange(start, stop, device=device)).float()
+    if not bool(torch.isfinite(scores).all()):  # topk would rank NaN first
+        raise TrainingDiverged(f"the teacher's scores of rows {start}..{stop - 1} are NaN or infinite: "
+                               "its rankings would be garbage (a diverged or corrupted teacher)")
     seen_rows = torch.repeat_interleave(torch.arange(stop - start, device=device),
                                         indptr[start + 1:stop + 1] - indptr[start:stop])
     scores[seen_rows, indices[indptr[start]:indptr[stop]]] = -torch.inf
@@ -104,6 +106,19 @@ def _top_both_sides(teacher: Recommender, split: Split, top: int, block: int,
     return items_of_user, _padded(best_values, best_users)
 
 
+def _check_cached(rankings: TeacherRankings, split: Split, top: int, cache: Path) -> None:
+    """The lists a cache holds must be what ``compute_rankings`` makes for this split."""
+    sides = (("items_of_user", rankings.items_of_user, split.n_users, split.n_items),
+             ("users_of_item", rankings.users_of_item, split.n_items, split.n_users))
+    for name, lists, n_rows, n_cols in sides:
+        shape = (n_rows, min(top, n_cols))
+        if not isinstance(lists, torch.Tensor) or lists.dtype != torch.int64 or tuple(lists.shape) != shape:
+            found = f"{lists.dtype} {tuple(lists.shape)}" if isinstance(lists, torch.Tensor) else type(lists).__name__
+            raise DataError(f"{cache}: {name} should be int64 of shape {shape}, found {found}; delete it to recompute")
+        if lists.numel() and (int(lists.min()) < -1 or int(lists.max()) >= n_cols):
+            raise DataError(f"{cache}: {name} holds ids outside [-1, {n_cols}); delete it to recompute")
+
+
 @torch.no_grad()
 def compute_rankings(teacher: Recommender, split: Split, top: int = DEFAULT_TOP, *,
                      progress: bool = False) -> TeacherRankings:
@@ -140,30 +155,23 @@ def compute_rankings(teacher: Recommender, split: Split, top: int = DEFAULT_TOP,
     return TeacherRankings(items_of_user, users_of_item)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_or_compute_rankings(teacher_path: str | Path, teacher: Recommender, split: Split,
                              top: int = DEFAULT_TOP, *, progress: bool = False) -> TeacherRankings:
     """The cached lists in ``TEACHER_DIR/rankings-cTOP.pt`` if they were made
     from this very checkpoint and split, else computed and cached there."""
     teacher_path = Path(teacher_path)
     cache = teacher_path.with_name(f"{teacher_path.stem}-rankings-c{top}.pt")
-    key = {"teacher_sha256": _file_digest(teacher_path), "data_fingerprint": split.data_fingerprint,
-           "split_seed": split.seed, "top": top}
+    key = {"teacher_sha256": file_sha256(teacher_path), **split.identity(), "top": top}
     if cache.exists():
         try:
-            payload = torch.load(cache, map_location=teacher.device, weights_only=True)
-        except Exception:  # torch raises many types for an unreadable file
-            raise DataError(f"{cache}: not a readable rankings cache; delete it to recompute") from None
+            payload = torch_load(cache, "rankings cache", map_location=teacher.device)
+        except DataError as exc:
+            raise DataError(f"{exc}; delete it to recompute") from None
         if payload.get("kind") == _CACHE_KIND and payload.get("key") == key:
+            rankings = TeacherRankings(payload.get("items_of_user"), payload.get("users_of_item"))
+            _check_cached(rankings, split, top, cache)
             log.info("teacher rankings: loaded %s", cache)
-            return TeacherRankings(payload["items_of_user"], payload["users_of_item"])
+            return rankings
         log.info("teacher rankings: %s is for another teacher or split, recomputing", cache)
     rankings = compute_rankings(teacher, split, top, progress=progress)
     torch_save(cache, {"kind": _CACHE_KIND, "key": key, "items_of_user": rankings.items_of_user.cpu(),

@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..models import Recommender
 from ..reference import discrepancy_weights
 from ..unobserved import sample_unobserved
-from .base import Distillation, MethodOptions, Side, evaluation_mode
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, Side, evaluation_mode, option
 
 if TYPE_CHECKING:
     from ..trainer import Batch, Trainer
@@ -49,27 +48,15 @@ class RDOptions(MethodOptions):
     """K=10, lambda (``temperature``)=1, mu=0.1, 10 warm-up epochs, 100 rank
     samples: the authors' defaults."""
 
-    lambda_rd: float = 1.0
-    positives: int = 10
-    temperature: float = 1.0
-    mu: float = 0.1
-    warmup: int = 10
-    rank_estimate: str = "exact"
-    rank_every: int = 5
-    rank_samples: int = 100
+    lambda_rd: float = option(1.0, NON_NEGATIVE)
+    positives: int = option(10, AT_LEAST_ONE)
+    temperature: float = option(1.0, POSITIVE)
+    mu: float = option(0.1, POSITIVE)
+    warmup: int = option(10, NON_NEGATIVE)
+    rank_estimate: str = option("exact", RANK_ESTIMATES)
+    rank_every: int = option(5, AT_LEAST_ONE)
+    rank_samples: int = option(100, AT_LEAST_ONE)
     renormalize: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rank_estimate not in RANK_ESTIMATES:
-            raise ConfigError(f"option rank_estimate must be one of {', '.join(RANK_ESTIMATES)}, "
-                              f"got {self.rank_estimate!r}")
-        for name in ("positives", "rank_every", "rank_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"option {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("temperature", "mu"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"option {name} must be > 0, got {getattr(self, name)}")
 
 
 def position_weights(k: int, temperature: float, device: torch.device | str = "cpu") -> torch.Tensor:

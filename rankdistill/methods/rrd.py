@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import ConfigError
 from ..models import Recommender
 from ..ops import weighted_sample
 from ..unobserved import sample_unobserved
-from .base import SIDES, Distillation, MethodOptions, Side, listwise_losses
+from .base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SIDES, Distillation, MethodOptions, Side, listwise_losses,
+                   option)
 
 if TYPE_CHECKING:
     from ..trainer import Batch, Trainer
@@ -51,21 +51,14 @@ class RRDOptions(MethodOptions):
     """User side: K=L=40, T=10 (RRD); item side: K=L=20 (IR-RRD). A side
     whose lambda is 0 is off."""
 
-    lambda_rrd: float = 1e-3
-    lambda_ir: float = 0.0
-    interesting: int = 40
-    uninteresting: int = 40
-    item_interesting: int = 20
-    item_uninteresting: int = 20
-    temperature: float = 10.0
-    reduction: str = "mean"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError(f"option reduction must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
-        if self.temperature <= 0:
-            raise ConfigError(f"option temperature must be > 0, got {self.temperature}")
+    lambda_rrd: float = option(1e-3, NON_NEGATIVE)
+    lambda_ir: float = option(0.0, NON_NEGATIVE)
+    interesting: int = option(40, AT_LEAST_ONE)
+    uninteresting: int = option(40, AT_LEAST_ONE)
+    item_interesting: int = option(20, AT_LEAST_ONE)
+    item_uninteresting: int = option(20, AT_LEAST_ONE)
+    temperature: float = option(10.0, POSITIVE)
+    reduction: str = option("mean", REDUCTIONS)
 
 
 class RRD(Distillation):

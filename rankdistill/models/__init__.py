@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError, DataError
-from ..io import torch_save
+from ..io import torch_load, torch_save
 from .base import Recommender
 from .bpr import BPR
 from .cdae import CDAE
@@ -46,29 +45,37 @@ def save_model(path, model: Recommender, **info: Any) -> None:
 
 
 def _read(path, device: torch.device | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "no such model file", str(path))
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # torch raises many types for a file that is not a checkpoint
-        raise DataError(f"{path}: not a readable model file") from None
-    if not isinstance(payload, dict) or payload.get("kind") not in (_CHECKPOINT_KIND, "rankdistill-trainer"):
+    payload = torch_load(path, "model file", map_location=device)
+    if payload.get("kind") not in (_CHECKPOINT_KIND, "rankdistill-trainer"):
         raise DataError(f"{path}: not a rankdistill model file")
+    missing = [key for key in ("config", "state_dict") if not isinstance(payload.get(key), dict)]
+    if missing:
+        raise DataError(f"{path}: incomplete model file (no {' or '.join(missing)})")
     return payload
 
 
 def model_info(path) -> dict[str, Any]:
-    """The ``info`` saved with a model (for a trained model: its split seed and
-    data fingerprint, its metrics, ...)."""
+    """The ``info`` saved with a model (for a trained model: its split's
+    identity, its metrics, ...)."""
     return _read(path, "cpu").get("info", {})
 
 
 def load_model(path, *, train: tuple[torch.Tensor, torch.Tensor] | None = None,
-               device: torch.device | str = "cpu") -> tuple[Recommender, dict[str, Any]]:
+               device: torch.device | str = "cpu",
+               shape: tuple[int, int] | None = None) -> tuple[Recommender, dict[str, Any]]:
     """``(model, info)`` from a file written by ``save_model`` or a trainer
-    checkpoint (whose current model is loaded)."""
+    checkpoint (whose current model is loaded). ``shape``: the (users, items)
+    the model must be for (a ``ConfigError`` naming both otherwise)."""
     payload = _read(path, device)
+    config = payload["config"]
+    if shape is not None and (config.get("n_users"), config.get("n_items")) != tuple(shape):
+        raise ConfigError(f"{path} is a model of {config.get('n_users')} users x {config.get('n_items')} items, "
+                          f"but the data has {shape[0]} x {shape[1]}: it was trained on another data set")
     model = build_model(payload["config"], train=train)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:  # missing or unexpected keys, wrong shapes
+        first = str(exc).strip().splitlines()
+        raise DataError(f"{path}: its weights do not fit its model configuration "
+                        f"({first[1].strip() if len(first) > 1 else first[0]})") from None
     return model.to(device), payload.get("info", {})
