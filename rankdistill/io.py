@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -69,6 +70,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def check_readable_file(path: Path, what: str) -> None:
+    """An ``OSError`` naming ``what`` unless ``path`` is a regular file."""
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"no such {what}", str(path))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"expected a {what}, got a directory", str(path))
+    if not path.is_file():
+        raise OSError(errno.EINVAL, f"expected a {what}, got a special file", str(path))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (identifies a teacher checkpoint)."""
     digest = hashlib.sha256()
@@ -114,8 +125,7 @@ def torch_load(path: str | os.PathLike, what: str, map_location: torch.device | 
     names the kind of file in the errors ("model file", ...). Loaded with
     ``weights_only=True``: nothing in the file is executed."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, f"no such {what}", str(path))
+    check_readable_file(path, what)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # torch raises many types for a file that is not a checkpoint

@@ -24,7 +24,7 @@ import torch
 
 from .data import Interactions
 from .errors import ConfigError, DataError
-from .io import atomic_open
+from .io import atomic_open, check_readable_file
 from .unobserved import ObservedItems, sample_unobserved
 
 __all__ = ["Split", "leave_one_out", "MIN_INTERACTIONS"]
@@ -137,8 +137,7 @@ class Split:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Split":
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(2, "no such split file", str(path))
+        check_readable_file(path, "split file")
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {key: z[key] for key in z.files}
