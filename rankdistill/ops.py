@@ -10,6 +10,8 @@ PyTorch version of each op with the same signature.
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -32,6 +34,18 @@ def _exclude_arrays(exclude):
     if not isinstance(indptr, torch.Tensor) or not isinstance(indices, torch.Tensor):
         raise TypeError("exclude must be a pair (indptr, indices) of int64 tensors, or None")
     return indptr, indices
+
+
+def _sample_size(k) -> int:
+    """``k`` as an int: Python and NumPy integers and 0-d integer tensors pass,
+    floats and bools do not (``int(k)`` would truncate 2.5 silently)."""
+    is_tensor = isinstance(k, torch.Tensor)
+    if isinstance(k, bool) or (is_tensor and (k.dim() != 0 or k.dtype == torch.bool)):
+        raise TypeError(f"k must be an integer, got {k!r}")
+    try:
+        return operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}") from None
 
 
 def rank_positions(
@@ -89,9 +103,17 @@ def weighted_sample(
     ``torch.multinomial(weights, k, replacement=False)``. Rows with fewer than
     ``k`` positive weights return all their positive columns, padded with -1.
 
+    Weights of any positive finite magnitude are exact, float64 subnormals
+    and values near the float64 maximum included: each row's keys are
+    computed from its weights scaled by a power of two chosen from the row's
+    largest weight, which changes no draw of ordinary weights. Only a positive
+    weight below about 2^-1987 (1e-598) times its row's largest is treated
+    approximately: it stays drawable, but after every other column.
+
     Args:
         weights: float ``[B, C]``, finite and non-negative.
-        k: number of columns per row, ``0 <= k <= C``.
+        k: number of columns per row, an integer (Python or NumPy integer, or
+            a 0-d integer tensor) with ``0 <= k <= C``.
         generator: a ``torch.Generator`` on the weights' device (default: the
             global one, so ``torch.manual_seed`` makes runs reproducible).
         sorted: return each row's columns in ascending order (padding last);
@@ -99,8 +121,12 @@ def weighted_sample(
 
     Returns:
         int64 ``[B, k]``.
+
+    Raises TypeError for a non-integer ``k`` (a float or a bool) or a
+    non-float dtype, ValueError for a negative, infinite or NaN weight, ``k``
+    out of range or a wrong shape.
     """
-    return _ops.weighted_sample(weights, int(k), bool(sorted), generator)
+    return _ops.weighted_sample(weights, _sample_size(k), bool(sorted), generator)
 
 
 def discrepancy_sample(
@@ -118,13 +144,15 @@ def discrepancy_sample(
     For ``direction="under"`` column c has weight
     ``tanh(max(mu * (student_rank - teacher_rank), 0))`` (the student ranks the
     item lower than the teacher does); for ``"over"`` the difference is
-    reversed. The weight matrix is never built.
+    reversed. The weight matrix is never built. Tiny weights (a tiny ``mu``)
+    are drawn exactly, as in :func:`weighted_sample`.
 
     Args:
         student_rank, teacher_rank: ``[B, C]`` ranks, int64, int32, float32
             or float64 (both the same dtype and shape).
-        k: columns per row, ``0 <= k <= C``; rows with fewer than ``k``
-            positive weights are padded with -1.
+        k: columns per row, an integer with ``0 <= k <= C`` (TypeError
+            otherwise, as in :func:`weighted_sample`); rows with fewer than
+            ``k`` positive weights are padded with -1.
         mu: positive scale of the discrepancy.
         direction: ``"under"`` or ``"over"``.
         generator, sorted: as in :func:`weighted_sample`.
@@ -132,7 +160,7 @@ def discrepancy_sample(
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction must be 'under' or 'over', got {direction!r}")
     return _ops.discrepancy_sample(
-        student_rank, teacher_rank, int(k), float(mu), direction == "under", bool(sorted), generator
+        student_rank, teacher_rank, _sample_size(k), float(mu), direction == "under", bool(sorted), generator
     )
 
 
@@ -154,7 +182,11 @@ def relaxed_listmle(
     Masks (True = valid) express padding: a padded entry contributes nothing,
     whatever its value; a row without valid ranked entries contributes 0.
     Stable for any finite scores; half-precision inputs accumulate in float32
-    and their per-row loss is float32. Differentiable w.r.t. both inputs.
+    and their per-row loss is float32. Differentiable w.r.t. both inputs, any
+    number of times: the ordinary backward is a fused kernel; a backward that
+    builds a graph (``create_graph=True``, as for a gradient penalty or
+    ``gradgradcheck``) differentiates a dense form of the loss instead, with
+    ``[B, K, K + L]`` temporaries.
 
     Args:
         ranked: float ``[B, K]``; tail: float ``[B, L]`` of the same dtype.
@@ -210,7 +242,35 @@ def _relaxed_listmle_backward_fake(grad_loss, ranked, tail, ranked_mask, tail_ma
 
 # ---------------------------------------------------------------------------
 # Autograd: the backward is its own fused op, which reads the denominators
-# that the forward returned as its second, non-differentiable output.
+# that the forward returned as its second, non-differentiable output. That op
+# has no derivative of its own, so a backward that must build a graph (grad
+# mode on: create_graph=True) differentiates _dense_relaxed_listmle instead,
+# on the saved inputs, whose history the double backward then follows.
+
+def _dense_relaxed_listmle(ranked, tail, ranked_mask, tail_mask):
+    """Per-row loss, each denominator D_k a plain logsumexp over its members
+    (the valid ranked i >= k and the valid tail) in a ``[B, K, K + L]``
+    tensor. Autograd differentiates logsumexp any number of times without
+    NaN, for any finite scores; not so reference.relaxed_listmle, whose
+    logcumsumexp backward takes the log of its incoming gradient, 0 at padding
+    (or where exp underflows), which its double backward turns into NaN."""
+    acc = _listmle_accumulate_dtype(ranked.dtype)
+    s, t = ranked.to(acc), tail.to(acc)
+    num_rows, K = s.shape
+    L = t.shape[1]
+    if ranked_mask is None:
+        ranked_mask = torch.ones_like(s, dtype=torch.bool)
+    if tail_mask is None:
+        tail_mask = torch.ones_like(t, dtype=torch.bool)
+    later = torch.ones(K, K, dtype=torch.bool, device=s.device).triu()  # [k, i]: i >= k
+    members = torch.cat([later & ranked_mask.unsqueeze(1), tail_mask.unsqueeze(1).expand(num_rows, K, L)], dim=2)
+    values = torch.cat([s.unsqueeze(1).expand(num_rows, K, K), t.unsqueeze(1).expand(num_rows, K, L)], dim=2)
+    # Non-members are -inf (exp() exactly 0, whatever the scores). A k with
+    # no member at all is padding, whose term is dropped: its entries are 0
+    # rather than all -inf, so that no logsumexp is -inf and no derivative NaN.
+    entries = torch.where(members, values, -math.inf)
+    entries = torch.where(members.any(2, keepdim=True), entries, 0.0)
+    return torch.where(ranked_mask, torch.logsumexp(entries, dim=2) - s, 0.0).sum(1)
 
 
 def _relaxed_listmle_setup_context(ctx, inputs, output):
@@ -222,10 +282,24 @@ def _relaxed_listmle_setup_context(ctx, inputs, output):
 
 def _relaxed_listmle_backward(ctx, grad_loss, _grad_denominators):
     ranked, tail, ranked_mask, tail_mask, denominators = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return _relaxed_listmle_differentiable_backward(ctx, grad_loss, ranked, tail, ranked_mask, tail_mask)
     grad_ranked, grad_tail = _ops.relaxed_listmle_backward(
         grad_loss, ranked, tail, ranked_mask, tail_mask, denominators
     )
     return grad_ranked, grad_tail, None, None
+
+
+def _relaxed_listmle_differentiable_backward(ctx, grad_loss, ranked, tail, ranked_mask, tail_mask):
+    # An input that needs no gradient is differentiated through a detached
+    # leaf copy, since autograd.grad needs every input in the graph.
+    ranked_in = ranked if ranked.requires_grad else ranked.detach().requires_grad_()
+    tail_in = tail if tail.requires_grad else tail.detach().requires_grad_()
+    loss = _dense_relaxed_listmle(ranked_in, tail_in, ranked_mask, tail_mask)
+    grad_ranked, grad_tail = torch.autograd.grad(loss, (ranked_in, tail_in), grad_outputs=grad_loss,
+                                                 create_graph=True, materialize_grads=True)
+    return (grad_ranked if ctx.needs_input_grad[0] else None,
+            grad_tail if ctx.needs_input_grad[1] else None, None, None)
 
 
 torch.library.register_autograd(

@@ -174,6 +174,8 @@ def test_errors(device):
         ops.rank_positions(nan_scores, targets)
     with pytest.raises(ValueError, match="NaN"):
         ops.rank_positions(nan_scores)
+    with pytest.raises(ValueError, match="NaN"):  # even with no target to rank
+        ops.rank_positions(nan_scores, targets[:, :0])
     with pytest.raises(IndexError, match="targets"):
         ops.rank_positions(scores, torch.full((3, 2), 6, device=device))
     with pytest.raises(IndexError, match="targets"):

@@ -93,6 +93,113 @@ def test_gradcheck(device, with_masks):
     )
 
 
+@pytest.mark.parametrize("with_masks", [False, True])
+def test_gradgradcheck(device, with_masks):
+    # Second derivatives (create_graph=True) against finite differences of
+    # the first, w.r.t. both inputs, each alone, and through a non-leaf input.
+    ranked, tail, rm, tm = random_case(4, 5, 3, torch.float64, with_masks, seed=17)
+    r = ranked.to(device).requires_grad_()
+    t = tail.to(device).requires_grad_()
+    rm = None if rm is None else rm.to(device)
+    tm = None if tm is None else tm.to(device)
+
+    def loss(a, b):
+        return ops.relaxed_listmle(a, b, ranked_mask=rm, tail_mask=tm, reduction="none")
+
+    assert torch.autograd.gradgradcheck(loss, (r, t))
+    assert torch.autograd.gradgradcheck(lambda a: loss(a, t.detach()), (r,))
+    assert torch.autograd.gradgradcheck(lambda b: loss(r.detach(), b), (t,))
+    assert torch.autograd.gradgradcheck(lambda a, b: loss(a.exp(), b * 2), (r, t))
+
+
+def directions_for(ranked, tail):
+    return (torch.linspace(0.5, -1.5, ranked.numel(), dtype=torch.float64).reshape(ranked.shape),
+            torch.linspace(-1.0, 2.0, tail.numel(), dtype=torch.float64).reshape(tail.shape))
+
+
+def hessian_vector_products(fn, ranked, tail, directions, ranked_mask=None, tail_mask=None, device="cpu"):
+    """The gradients w.r.t. ranked and tail (built with create_graph=True) and
+    the gradients of their products with `directions`: Hessian-vector products."""
+    inputs = [x.to(device).detach().requires_grad_() for x in (ranked, tail)]
+    masks = [None if m is None else m.to(device) for m in (ranked_mask, tail_mask)]
+    loss = fn(*inputs, ranked_mask=masks[0], tail_mask=masks[1], reduction="sum")
+    # Empty inputs are left out: PyTorch's double backward through one returns garbage.
+    used = [i for i, x in enumerate(inputs) if x.numel() > 0]
+    grads = torch.autograd.grad(loss, [inputs[i] for i in used], create_graph=True)
+    product = sum((g * directions[i].to(device)).sum() for i, g in zip(used, grads))
+    hvps = torch.autograd.grad(product, [inputs[i] for i in used])
+    out = [torch.zeros_like(x) for x in inputs + inputs]
+    for i, g, h in zip(used, grads, hvps):
+        out[i], out[2 + i] = g, h
+    return [x.detach().cpu() for x in out]
+
+
+def test_double_backward_matches_reference(device):
+    ranked, tail, _, _ = random_case(6, 7, 4, torch.float64, False, seed=23)
+    directions = directions_for(ranked, tail)
+    got = hessian_vector_products(ops.relaxed_listmle, ranked, tail, directions, device=device)
+    want = hessian_vector_products(reference.relaxed_listmle, ranked, tail, directions)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+def test_double_backward_with_padding(device):
+    # A padded row is the row with its padding removed: each row is compared
+    # with the reference on the compacted row (the reference's own double
+    # backward with masks is NaN). Padding is NaN here, and gets zero first
+    # and second derivatives.
+    ranked, tail, rm, tm = random_case(6, 7, 4, torch.float64, True, seed=29)
+    rm[3] = torch.tensor([True, False, True, False, False, True, False])
+    directions = directions_for(ranked, tail)
+    got = hessian_vector_products(ops.relaxed_listmle, torch.where(rm, ranked, float("nan")),
+                                  torch.where(tm, tail, float("nan")), directions, rm, tm, device)
+    for row in range(ranked.shape[0]):
+        masks = (rm[row], tm[row])
+        expected = [torch.zeros(mask.shape, dtype=torch.float64) for mask in masks + masks]
+        if rm[row].any():  # otherwise the row's loss is 0, and so is every derivative
+            compact = hessian_vector_products(reference.relaxed_listmle, ranked[row, rm[row]][None],
+                                              tail[row, tm[row]][None],
+                                              (directions[0][row, rm[row]][None], directions[1][row, tm[row]][None]))
+            for full, part, mask in zip(expected, compact, masks + masks):
+                full[mask] = part[0]
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g[row], e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_double_backward_at_extreme_scores(device, dtype):
+    # Scores near the dtype's largest magnitude, with and without a tail: the
+    # gradients that create_graph builds equal the fused ones (no stand-in
+    # for "no entry" such as -1e30 may compete with valid scores), and their
+    # derivatives are finite.
+    big = torch.finfo(dtype).max / 2
+    ranked = torch.tensor([[0.0, -big, 1.0, -big], [big, 0.0, -1.0, big]], dtype=dtype, device=device)
+    ranked_mask = torch.tensor([[True, True, False, True], [True, True, True, True]], device=device)
+    tails = [ranked[:, :0], torch.tensor([[-big, 2.0], [-big, -big]], dtype=dtype, device=device)]
+    for tail in tails:
+        r, t = ranked.clone().requires_grad_(), tail.clone().requires_grad_()
+        loss = ops.relaxed_listmle(r, t, ranked_mask=ranked_mask, reduction="sum")
+        fused = torch.autograd.grad(loss, (r, t), retain_graph=True)
+        graph = torch.autograd.grad(loss, (r, t), create_graph=True)
+        for f, g in zip(fused, graph):
+            torch.testing.assert_close(g.detach(), f)
+        second = torch.autograd.grad(sum(g.sum() for g in graph), (r, t), allow_unused=True, materialize_grads=True)
+        assert all(torch.isfinite(h).all() for h in second)
+
+
+def test_first_order_backward_stays_fused(device):
+    # An ordinary backward runs the fused kernel: bit for bit the op's own
+    # backward, not the dense form that create_graph differentiates.
+    ranked, tail, rm, tm = random_case(5, 6, 4, torch.float64, True, seed=31)
+    args = [x.to(device) for x in (ranked, tail, rm, tm)]
+    r, t = args[0].clone().requires_grad_(), args[1].clone().requires_grad_()
+    ops.relaxed_listmle(r, t, ranked_mask=args[2], tail_mask=args[3], reduction="sum").backward()
+    _, denominators = torch.ops.rankdistill.relaxed_listmle(*args)
+    fused = torch.ops.rankdistill.relaxed_listmle_backward(torch.ones(5, dtype=torch.float64, device=device),
+                                                            *args, denominators)
+    assert torch.equal(r.grad, fused[0]) and torch.equal(t.grad, fused[1])
+
+
 def test_extreme_scores_are_stable(device):
     ranked, tail, rm, tm = random_case(16, 20, 20, torch.float32, True, seed=9, scale=1e4)
     want = values_and_grads(reference.relaxed_listmle, ranked.double(), tail.double(), rm, tm, "none", "cpu")

@@ -3,7 +3,9 @@ successive sampling on small cases, padding, reproducibility and errors."""
 
 import itertools
 import math
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,17 +14,19 @@ from rankdistill import ops, reference
 
 def exact_subset_probabilities(weights, k):
     """P(drawn set = S) for successive sampling without replacement, by
-    enumerating every ordered draw sequence."""
+    enumerating every ordered draw sequence, in exact rational arithmetic
+    (weights may be subnormal, or sum beyond the float64 maximum)."""
+    weights = [Fraction(w) for w in weights]
     positive = [c for c, w in enumerate(weights) if w > 0]
     probs = {}
     for sequence in itertools.permutations(positive, k):
-        p, remaining = 1.0, sum(weights)
+        p, remaining = Fraction(1), sum(weights)
         for c in sequence:
             p *= weights[c] / remaining
             remaining -= weights[c]
         key = tuple(sorted(sequence))
-        probs[key] = probs.get(key, 0.0) + p
-    return probs
+        probs[key] = probs.get(key, 0) + p
+    return {key: float(p) for key, p in probs.items()}
 
 
 def assert_subset_distribution(samples, weights, k):
@@ -99,6 +103,42 @@ def test_padding_and_edge_cases(device):
     assert ops.weighted_sample(w, 0).shape == (3, 0)
     assert ops.weighted_sample(w, 5)[2].cpu().tolist() == [0, 1, 2, 3, 4]
     assert ops.weighted_sample(torch.zeros(0, 4, device=device), 2).shape == (0, 2)
+
+
+# float64 weights far from 1: unscaled, the keys log(u) / w overflow to -inf
+# below about 1e-307 (every such column tied, so the first k were drawn) and
+# underflow to subnormals near 1e308.
+MAGNITUDE_CASES = [
+    ([1.0, 2.0, 3.0], 1e-310, 1),
+    ([1.0, 2.0, 3.0, 4.0, 10.0], 1e-310, 2),
+    ([1.0, 2.0, 3.0], 2.0**-1074, 2),  # 1, 2 and 3 times the smallest subnormal
+    ([1.0, 2.0, 3.0, 4.0, 10.0], 1e300, 2),
+    ([1.0, 2.0, 3.0], 5e307, 2),  # the row sums beyond the float64 maximum
+    ([1.0, 1e-310, 2e-310, 3e-310], 1.0, 2),  # 1e-310 next to 1: still in proportion among themselves
+]
+
+
+@pytest.mark.parametrize("weights,scale,k", MAGNITUDE_CASES)
+def test_weights_of_any_magnitude(device, weights, scale, k):
+    w = torch.tensor(weights, dtype=torch.float64, device=device) * scale
+    samples = ops.weighted_sample(w.expand(N_DRAWS, -1).contiguous(), k,
+                                  generator=torch.Generator(device).manual_seed(13))
+    # the exact probabilities of the weights as stored (subnormals are rounded)
+    assert_subset_distribution(samples.cpu(), w.tolist(), k)
+
+
+def test_k_must_be_an_integer(device):
+    w = torch.rand(3, 5, device=device)
+    ranks = torch.arange(5, device=device).expand(3, 5).contiguous()
+    zeros = torch.zeros_like(ranks)
+    for bad in (2.5, 2.0, np.float64(2.0), True, torch.tensor(2.0), torch.tensor(True), torch.tensor([2]), "2"):
+        with pytest.raises(TypeError, match="k must be an integer"):
+            ops.weighted_sample(w, bad)
+        with pytest.raises(TypeError, match="k must be an integer"):
+            ops.discrepancy_sample(ranks, zeros, bad, mu=1.0, direction="under")
+    for good in (2, np.int64(2), np.int32(2), torch.tensor(2), torch.tensor(2, dtype=torch.int32)):
+        assert ops.weighted_sample(w, good).shape == (3, 2)
+        assert ops.discrepancy_sample(ranks, zeros, good, mu=1.0, direction="under").shape == (3, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -188,6 +228,17 @@ def test_discrepancy_distribution_many_columns(device):
         3, mu=mu, direction="under", generator=torch.Generator(device).manual_seed(21),
     ).cpu()
     assert_subset_distribution(samples, weights, 3)
+
+
+def test_discrepancy_tiny_mu(device):
+    # mu = 1e-320 (a subnormal): the weights tanh(mu * gap) = mu * gap are
+    # subnormal multiples of mu, whose keys overflowed unscaled.
+    mu = 1e-320
+    gaps = [0, 3, 1, 6, 0, 2]
+    student = torch.tensor(gaps, device=device).expand(N_DRAWS, -1).contiguous()
+    samples = ops.discrepancy_sample(student, torch.zeros_like(student), 2, mu=mu, direction="under",
+                                     generator=torch.Generator(device).manual_seed(17)).cpu()
+    assert_subset_distribution(samples, [mu * g for g in gaps], 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32, torch.float64])

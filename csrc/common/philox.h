@@ -3,6 +3,7 @@
 // A draw is a pure function of (seed, offset, row, column): results do not
 // depend on how rows are split between threads or blocks, so a seeded
 // generator gives the same samples for any thread count.
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -59,14 +60,46 @@ RD_HOST_DEVICE UniformPair uniform_pair(uint64_t seed, uint64_t offset, int64_t 
 // Successive sampling without replacement with probabilities proportional to
 // w is the same as keeping the k largest keys log(u) / w, u ~ U(0, 1)
 // (Efraimidis & Spirakis, 2006). Non-positive weights never get drawn.
-RD_HOST_DEVICE double key_from_uniform(double u, double weight) {
-  return weight > 0.0 ? std::log(u) / weight : -INFINITY;
+//
+// A row's keys are computed from its weights times one power of two, 2^s,
+// chosen from the row's largest weight bound (key_scale). Every key of the row
+// scales by 2^-s, which keeps their order, and exactly while the keys are
+// normal numbers, so weights that never needed the scaling get the same draws
+// bit for bit. Unscaled, the keys of float64 weights below about 1e-307
+// overflow to -inf (and tie) and those of weights near 1e308 underflow to
+// subnormals (and lose precision or tie). The largest bound is brought into
+// [2^968, 2^969): the keys nearest zero, |log u| / w >= 2^-53 / 2^969, stay
+// normal, and every weight down to about 2^-1987 times the largest keeps a
+// finite key (|log u| <= 37). Where every key is normal unscaled anyway
+// (sampling.h's needs_key_scale), the scale is left at 1: it would change
+// no draw, and the pass over the row that finds it is saved.
+struct KeyScale {
+  double first = 1.0, second = 1.0;  // 2^s = first * second: s reaches 2042, beyond one double
+  RD_HOST_DEVICE double apply(double weight) const { return weight * first * second; }
+};
+
+RD_HOST_DEVICE KeyScale key_scale(double largest_bound) {
+  // No positive weight (nothing to draw) or an infinite one (the call fails): no scaling.
+  if (!(largest_bound > 0.0) || largest_bound == INFINITY) return KeyScale{};
+  int exponent;
+  std::frexp(largest_bound, &exponent);  // largest_bound in [2^(exponent - 1), 2^exponent)
+  const int s = 969 - exponent;          // in [-55, 2042]
+  return KeyScale{std::ldexp(1.0, s / 2), std::ldexp(1.0, s - s / 2)};
+}
+
+// A positive weight whose key still overflows (a row spanning more than
+// 2^1987) gets -DBL_MAX: it stays drawable, after every other column.
+RD_HOST_DEVICE double key_from_uniform(double u, double weight, const KeyScale& scale) {
+  if (!(weight > 0.0)) return -INFINITY;
+  const double key = std::log(u) / scale.apply(weight);
+  return key > -DBL_MAX ? key : -DBL_MAX;
 }
 
 // The key of one cell; the same value as the CPU's pairwise loop computes.
-RD_HOST_DEVICE double sampling_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double weight) {
+RD_HOST_DEVICE double sampling_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double weight,
+                                   const KeyScale& scale) {
   const UniformPair u = uniform_pair(seed, offset, row, col >> 1);
-  return key_from_uniform((col & 1) ? u.odd : u.even, weight);
+  return key_from_uniform((col & 1) ? u.odd : u.even, weight, scale);
 }
 
 }  // namespace rankdistill

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/diff.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isnan.h>
 #include <ATen/ops/lt.h>
 
 #include <cmath>
@@ -93,6 +94,10 @@ struct RankCall {
     if (targets_opt.has_value()) targets = targets_opt->contiguous();
     num_targets = targets.defined() ? targets.size(1) : num_cols;
     out = at::empty({num_rows, num_targets}, scores.options().dtype(at::kLong));
+    // The kernels find NaN as they read the scores; with nothing to rank they
+    // read none, but NaN scores are an error all the same.
+    TORCH_CHECK_VALUE(!nothing_to_rank() || !at::isnan(scores).any().item<bool>(),
+                      "scores contain NaN: ranks are undefined for NaN scores");
   }
   bool all_columns() const { return !targets.defined(); }
   bool nothing_to_rank() const { return num_rows == 0 || num_targets == 0; }

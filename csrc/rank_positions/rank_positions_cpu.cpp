@@ -53,9 +53,13 @@ class TargetIndex {
     int num_buckets = 16;
     while (num_buckets < 2 * n && num_buckets < (1 << 16)) num_buckets <<= 1;
     const float span = high_ - low_;
-    // An infinite or empty span leaves one bucket: a plain binary search.
-    last_bucket_ = std::isfinite(span) && span > 0.0f ? num_buckets - 1 : 0;
-    scale_ = last_bucket_ > 0 ? static_cast<float>(num_buckets) / span : 0.0f;
+    const bool spread = std::isfinite(span) && span > 0.0f;
+    scale_ = spread ? static_cast<float>(num_buckets) / span : 0.0f;
+    // An infinite or empty span leaves one bucket: a plain binary search. So
+    // does a span so small that the scale overflows (below num_buckets /
+    // FLT_MAX, at most 2e-34: targets a few subnormals apart), where
+    // (s - low) * inf would be NaN or inf, and no index.
+    last_bucket_ = spread && std::isfinite(scale_) ? num_buckets - 1 : 0;
     // starts_[b + 1] = first position whose bucket is <= b; starts_[0] = n.
     starts_.assign(last_bucket_ + 2, n);
     int j = 0;
@@ -77,10 +81,13 @@ class TargetIndex {
 
  private:
   // Non-decreasing in s (rounding is monotone), so the buckets keep the order.
+  // For low <= s <= high, 0 <= (s - low) * scale <= about num_buckets; it is
+  // clamped before the conversion all the same (which is undefined for NaN
+  // and out-of-range values): NaN fails the test and gets the last bucket.
   int bucket(float s) const {
     if (last_bucket_ == 0) return 0;
-    const int b = static_cast<int>((s - low_) * scale_);
-    return b < last_bucket_ ? b : last_bucket_;
+    const float position = (s - low_) * scale_;
+    return position < static_cast<float>(last_bucket_) ? static_cast<int>(position) : last_bucket_;
   }
 
   float low_ = 0.0f, high_ = 0.0f, scale_ = 0.0f;

@@ -104,6 +104,9 @@ __global__ void __launch_bounds__(kThreads)
         });
 
     const float lowest = target_scores[n - 1];
+    // A score is placed among the tile's targets by comparisons alone, with
+    // no position computed in float arithmetic (unlike the CPU's bucket
+    // table), so any score, infinite or subnormal, gets a p in [0, n].
     // Many scores may rank before the whole tile: count those in a register
     // rather than contend on counts[0].
     int before_all = 0;

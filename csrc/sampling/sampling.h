@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "../common/checks.h"
 #include "../common/macros.h"
@@ -26,6 +27,15 @@ struct TensorWeights {
   }
   // An upper bound on the weight that is cheaper to compute (here: exact).
   RD_HOST_DEVICE double upper(int64_t row, int64_t col) const { return (*this)(row, col); }
+  // The row's largest bound, which sets its key scale (philox.h), is
+  // largest_bound(max over the row of bound_order), NaN skipped: the max may
+  // run over something cheaper than the bounds (DCD's gaps).
+  RD_HOST_DEVICE double bound_order(int64_t row, int64_t col) const { return (*this)(row, col); }
+  RD_HOST_DEVICE double largest_bound(double largest_order) const { return largest_order; }
+  // False where every key is a normal double unscaled, so that any key
+  // scale gives the same draws: float32 and narrower weights, whose keys
+  // |log u| / w lie in [1e-55, 1e47].
+  RD_HOST_DEVICE bool needs_key_scale() const { return std::is_same_v<scalar_t, double>; }
 };
 
 // DCD's discrepancy weight, tanh(max(mu * gap, 0)), where gap is
@@ -38,11 +48,12 @@ struct DiscrepancyWeights {
   int64_t num_cols;
   double mu;
   bool under;
-  RD_HOST_DEVICE double scaled_gap(int64_t row, int64_t col) const {
+  RD_HOST_DEVICE double signed_gap(int64_t row, int64_t col) const {
     const int64_t i = row * num_cols + col;
     const double gap = static_cast<double>(student[i]) - static_cast<double>(teacher[i]);
-    return mu * (under ? gap : -gap);
+    return under ? gap : -gap;
   }
+  RD_HOST_DEVICE double scaled_gap(int64_t row, int64_t col) const { return mu * signed_gap(row, col); }
   RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
     const double x = scaled_gap(row, col);
     if (!(x > 0.0)) return x == x ? 0.0 : x;  // NaN passes through to be reported
@@ -51,10 +62,17 @@ struct DiscrepancyWeights {
     return x < 1e-4 ? x * (1.0 - x * x / 3.0) : 1.0 - 2.0 / (std::exp(2.0 * x) + 1.0);
   }
   // tanh(x) <= min(x, 1): a bound without the tanh.
-  RD_HOST_DEVICE double upper(int64_t row, int64_t col) const {
-    const double x = scaled_gap(row, col);
-    return x > 0.0 ? (x < 1.0 ? x : 1.0) : (x == x ? 0.0 : x);
-  }
+  RD_HOST_DEVICE double upper(int64_t row, int64_t col) const { return bound_of(scaled_gap(row, col)); }
+  // The bound is non-decreasing in the gap, so the largest bound is that of
+  // the largest gap (as TensorWeights explains).
+  RD_HOST_DEVICE double bound_order(int64_t row, int64_t col) const { return signed_gap(row, col); }
+  RD_HOST_DEVICE double largest_bound(double largest_gap) const { return bound_of(mu * largest_gap); }
+  // Integer ranks have positive gaps >= 1, so weights in [tanh(mu), 1]
+  // whose keys lie in [1e-16, 37 / tanh(mu)]: normal for mu >= 1e-300.
+  RD_HOST_DEVICE bool needs_key_scale() const { return !std::is_integral_v<rank_t> || mu < 1e-300; }
+
+ private:
+  RD_HOST_DEVICE static double bound_of(double x) { return x > 0.0 ? (x < 1.0 ? x : 1.0) : (x == x ? 0.0 : x); }
 };
 
 inline void check_sample_size(int64_t k, int64_t num_rows, int64_t num_cols) {

@@ -1,7 +1,8 @@
 // Sampling without replacement on the CPU: every positive-weight column has
-// the Philox key log(u) / w of philox.h, the same keys as the CUDA backend,
-// and a per-row selection keeps the k largest (see sample_row). Parallel over rows;
-// the draws do not depend on the thread count.
+// the Philox key log(u) / w of philox.h (w scaled by a power of two per row),
+// the same keys as the CUDA backend, and a per-row selection keeps the k
+// largest (see sample_row). Parallel over rows; the draws do not depend on the
+// thread count.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Dispatch_v2.h>
@@ -37,16 +38,26 @@ constexpr auto drawn_first = [](const Candidate& a, const Candidate& b) {
 constexpr auto by_column = [](const Candidate& a, const Candidate& b) { return a.second < b.second; };
 
 // Fills `best` with the row's sample (the k largest keys, unordered): every
-// positive-weight column has the key log(u) / w of philox.h (the CUDA
-// backend's keys). Candidates collect in `best`; when 2k have gathered, the k
-// best are kept and the k-th key becomes the threshold, a lower bound of the
-// final k-th key. log(u) <= u - 1 and w <= bound give key <= (u - 1) / bound,
-// which rejects most columns below the threshold without the log or the
-// exact weight (DCD's tanh). Returns false if a weight was invalid.
+// positive-weight column has the key log(u) / w of philox.h, w scaled by the
+// row's power of two (the CUDA backend's keys). Candidates collect in `best`;
+// when 2k have gathered, the k best are kept and the k-th key becomes the
+// threshold, a lower bound of the final k-th key. log(u) <= u - 1 and
+// w <= bound give key <= (u - 1) / bound, which rejects most columns below the
+// threshold without the log or the exact weight (DCD's tanh). Returns false if
+// a weight was invalid.
 template <typename Weights>
 bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k, uint64_t seed,
                 std::vector<Candidate>& best) {
   best.clear();
+  KeyScale scale;
+  if (weights.needs_key_scale()) {
+    double largest_order = -INFINITY;
+    for (int64_t col = 0; col < num_cols; ++col) {
+      const double order = weights.bound_order(row, col);
+      largest_order = order > largest_order ? order : largest_order;  // branch-free, NaN skipped
+    }
+    scale = key_scale(weights.largest_bound(largest_order));
+  }
   bool valid = true;
   double threshold = -INFINITY;
   const auto keep_best_k = [&] {
@@ -57,8 +68,8 @@ bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k
   const auto offer = [&](int64_t col, double u, double bound) {
     if (!(bound > 0.0) || bound == INFINITY || k == 0) return;
     // the margin keeps rounding from rejecting a column that could enter
-    if (u - 1.0 < threshold * bound * (1.0 + 1e-9)) return;
-    best.emplace_back(key_from_uniform(u, weights(row, col)), col);
+    if (u - 1.0 < threshold * scale.apply(bound) * (1.0 + 1e-9)) return;
+    best.emplace_back(key_from_uniform(u, weights(row, col), scale), col);
     if (static_cast<int64_t>(best.size()) == 2 * k) keep_best_k();
   };
   for (int64_t even = 0; even < num_cols; even += 2) {

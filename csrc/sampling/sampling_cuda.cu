@@ -1,14 +1,15 @@
 // Sampling without replacement on CUDA, with the keys of the CPU version:
-// every positive-weight column gets the Philox key log(u) / w of philox.h and
-// each row keeps its k largest keys. Two paths:
-//  - C <= kMaxSortCols: a block per row computes the row's (key, column)
-//    pairs into shared memory, bitonic-sorts them (key descending, ties by
-//    column), keeps the first min(k, #positive) and, when `sorted`, sorts
-//    those by column. One launch, no global temporaries.
-//  - larger rows: a kernel writes every key to a [B, C] float64 tensor and
-//    at::topk selects the k largest per row; entries with key -inf
-//    (non-positive weights) become -1 padding, and `sorted` re-sorts the
-//    selected columns with the padding kept last. It costs a [B, C]
+// every positive-weight column gets the Philox key log(u) / w of philox.h (w
+// scaled by the power of two of its row, from the row's largest weight bound)
+// and each row keeps its k largest keys. Two paths:
+//  - C <= kMaxSortCols: a block per row finds the row's largest bound, computes
+//    the row's (key, column) pairs into shared memory, bitonic-sorts them (key
+//    descending, ties by column), keeps the first min(k, #positive) and, when
+//    `sorted`, sorts those by column. One launch, no global temporaries.
+//  - larger rows: a kernel finds each row's key scale, another writes every
+//    key to a [B, C] float64 tensor and at::topk selects the k largest per
+//    row; entries with key -inf (non-positive weights) become -1 padding, and
+//    `sorted` re-sorts the selected columns with the padding kept last. It costs a [B, C]
 //    temporary, which rows too long for shared memory cannot avoid simply.
 // The random stream is the CUDA generator's Philox (seed, offset), so CPU and
 // CUDA draw from the same distribution but give different samples for the
@@ -29,7 +30,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cfloat>
 #include <climits>
 #include <mutex>
 
@@ -41,6 +41,7 @@ namespace {
 
 constexpr int kMaxSortCols = 2048;
 constexpr int kMaxThreads = 512;
+constexpr int kScaleThreads = 256;  // a power of two, for block_max
 // Grid caps: blocks loop over the rows (or cells) beyond them.
 constexpr int64_t kMaxRowBlocks = 65535;
 constexpr int64_t kMaxCellBlocks = int64_t{1} << 20;
@@ -50,12 +51,40 @@ constexpr int64_t kMaxCellBlocks = int64_t{1} << 20;
 // counters; a different key makes this op's stream independent of theirs.
 constexpr uint64_t kStreamKeySalt = 0x9E3779B97F4A7C15ull;
 
-// The CPU's key, except that a positive weight whose key overflows to -inf
-// (a float64 weight below about 1e-307) gets -DBL_MAX instead: the CPU still
-// treats such a column as drawable, and -inf here marks the non-drawable ones.
-__device__ __forceinline__ double draw_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double w) {
+// The CPU's key; -inf marks the columns that cannot be drawn (no random
+// numbers are spent on them).
+__device__ __forceinline__ double draw_key(uint64_t seed, uint64_t offset, int64_t row, int64_t col, double w,
+                                           const KeyScale& scale) {
   if (!(w > 0.0) || w == INFINITY) return -INFINITY;
-  return fmax(sampling_key(seed ^ kStreamKeySalt, offset, row, col, w), -DBL_MAX);
+  return sampling_key(seed ^ kStreamKeySalt, offset, row, col, w, scale);
+}
+
+// The largest of the block's values; blockDim.x is a power of two and
+// `scratch` has room for blockDim.x doubles of shared memory. Every thread
+// gets the result, and may overwrite `scratch` after the call.
+__device__ double block_max(double value, double* scratch) {
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] = fmax(scratch[threadIdx.x], scratch[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  const double result = scratch[0];
+  __syncthreads();
+  return result;
+}
+
+// The key scale of a row, from its largest weight bound as on the CPU (NaN
+// is skipped: it is reported as an invalid weight).
+template <typename Weights>
+__device__ KeyScale row_key_scale(const Weights& weights, int64_t row, int64_t num_cols, double* scratch) {
+  if (!weights.needs_key_scale()) return KeyScale{};  // the same for every thread: no divergent barrier
+  double largest_order = -INFINITY;
+  for (int64_t c = threadIdx.x; c < num_cols; c += blockDim.x) {
+    const double order = weights.bound_order(row, c);
+    if (order > largest_order) largest_order = order;
+  }
+  return key_scale(weights.largest_bound(block_max(largest_order, scratch)));
 }
 
 template <typename Weights>
@@ -67,6 +96,8 @@ __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_co
   const auto [seed, offset] = at::cuda::philox::unpack(state);
   const int padded = next_pow2(num_cols);
   for (int64_t row = blockIdx.x; row < num_rows; row += gridDim.x) {
+    // keys serves as the reduction's scratch: blockDim.x <= kMaxThreads <= kMaxSortCols
+    const KeyScale scale = row_key_scale(weights, row, num_cols, keys);
     bool invalid = false;
     // Padding sorts after every real column: key -inf, column >= num_cols.
     for (int c = threadIdx.x; c < padded; c += blockDim.x) {
@@ -74,7 +105,7 @@ __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_co
       if (c < num_cols) {
         const double w = weights(row, c);
         invalid |= invalid_weight(w);
-        key = draw_key(seed, offset, row, c, w);
+        key = draw_key(seed, offset, row, c, w, scale);
       }
       keys[c] = key;
       cols[c] = c;
@@ -117,11 +148,23 @@ __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_co
   }
 }
 
-// Writes the key of every cell to `keys` ([B, C] contiguous), or only checks
-// the weights when keys is nullptr.
+// The key scale of every row, a block per row.
+template <typename Weights>
+__global__ void __launch_bounds__(kScaleThreads)
+    key_scales_kernel(Weights weights, int64_t num_rows, int64_t num_cols, KeyScale* scales) {
+  __shared__ double scratch[kScaleThreads];
+  for (int64_t row = blockIdx.x; row < num_rows; row += gridDim.x) {
+    const KeyScale scale = row_key_scale(weights, row, num_cols, scratch);
+    if (threadIdx.x == 0) scales[row] = scale;
+  }
+}
+
+// Writes the key of every cell to `keys` ([B, C] contiguous) with its row's
+// scale from `scales`, or only checks the weights when keys is nullptr.
 template <typename Weights>
 __global__ void sampling_keys_kernel(Weights weights, int64_t num_rows, int64_t num_cols,
-                                     at::PhiloxCudaState state, double* keys, int* saw_invalid) {
+                                     at::PhiloxCudaState state, const KeyScale* scales, double* keys,
+                                     int* saw_invalid) {
   const auto [seed, offset] = at::cuda::philox::unpack(state);
   bool invalid = false;
   const int64_t total = num_rows * num_cols;
@@ -130,7 +173,7 @@ __global__ void sampling_keys_kernel(Weights weights, int64_t num_rows, int64_t 
     const int64_t row = i / num_cols, col = i - row * num_cols;
     const double w = weights(row, col);
     invalid |= invalid_weight(w);
-    if (keys != nullptr) keys[i] = draw_key(seed, offset, row, col, w);
+    if (keys != nullptr) keys[i] = draw_key(seed, offset, row, col, w, scales[row]);
   }
   if (invalid) *saw_invalid = 1;
 }
@@ -158,7 +201,7 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
   if (k == 0) {
     // Nothing to draw, but invalid weights are reported as on the CPU.
     sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state, nullptr,
-                                                               invalid_flag);
+                                                               nullptr, invalid_flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else if (num_cols <= kMaxSortCols) {
     const int threads = std::clamp(next_pow2(static_cast<int>(num_cols)) / 2, 32, kMaxThreads);
@@ -167,8 +210,14 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
         invalid_flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
+    static_assert(sizeof(KeyScale) == 2 * sizeof(double), "a row's KeyScale is two doubles");
+    at::Tensor scales = at::empty({num_rows, 2}, options.dtype(at::kDouble));
+    auto* scale_data = reinterpret_cast<KeyScale*>(scales.mutable_data_ptr<double>());
+    key_scales_kernel<<<static_cast<unsigned int>(std::min(num_rows, kMaxRowBlocks)), kScaleThreads, 0, stream>>>(
+        weights, num_rows, num_cols, scale_data);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor keys = at::empty({num_rows, num_cols}, options.dtype(at::kDouble));
-    sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state,
+    sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state, scale_data,
                                                                keys.mutable_data_ptr<double>(), invalid_flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto [top_keys, top_cols] = at::topk(keys, k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
