@@ -32,14 +32,13 @@ from tqdm.auto import tqdm
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
-from .compare import (TEACHER_BASELINE, format_summary, load_run, paired_tests, plot_curves, summarize, table_metrics,
-                      teacher_runs, write_summary)
+from .compare import TEACHER_BASELINE, report, run_grid, table_metrics
 from .io import file_sha256, run_folder_lock, write_json
 from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_rankings, method_options
 from .models import MODELS, build_model, load_model, model_info
 from .report import Row, format_table
 from .split import Split, leave_one_out
-from .trainer import (CHECKPOINT, RESULTS, RUN_OUTPUTS, SEEDS, Method, TrainConfig, Trainer, _plain, check_device,
+from .trainer import (CHECKPOINT, SEEDS, MethodFactory, TrainConfig, Trainer, check_device, run_outputs,
                       seed_everything)
 
 log = logging.getLogger("rankdistill")
@@ -348,14 +347,13 @@ def _cutoffs_for(args: argparse.Namespace) -> tuple[int, ...]:
 
 def _run_outputs() -> set[str]:
     """Every file a run of any method writes into its folder."""
-    return {*RUN_OUTPUTS, *(name for spec in METHODS.values() for name in spec.cls.output_files)}
+    return {name for spec in METHODS.values() for name in run_outputs(spec.cls.co_trained_names)}
 
 
 def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
-           resume: bool, overwrite: bool, method: Method | None = None,
+           resume: bool, overwrite: bool, method: MethodFactory | None = None,
            info: dict[str, Any] | None = None) -> tuple[Row, Any]:
     split = split_file.split
-    method = method or Method()
     with run_folder_lock(out):
         if (out / CHECKPOINT).exists() and not (resume or overwrite):
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
@@ -366,13 +364,14 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
         seed_everything(config.seed)
         model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
                             train=_train_csr(split, config.device))
-        plain = method.name == "student"  # the base trainer's method: no distillation (also a teacher's run)
-        log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim,
-                 f"{model.num_parameters():,}", "no distillation" if plain else f"method {method.name}", out)
         trainer = Trainer(model, split, config, method=method, out_dir=out,
                           info={"role": role, "data": split.train.name, **split_file.info(), **(info or {})})
+        name = trainer.method.name
+        plain = name == "student"  # no distillation (also a teacher's run)
+        log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim,
+                 f"{model.num_parameters():,}", "no distillation" if plain else f"method {name}", out)
         result = trainer.fit(resume=resume)
-    label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if plain else method.name
+    label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if plain else name
     return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
 
 
@@ -529,7 +528,7 @@ def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, sp
             "method_options": dataclasses.asdict(options), "top": args.top}
     return _train("student", split_file, _model_config(args, model, args.dim or DEFAULT_DIMS["student"]),
                   _train_config(args, seed), out, resume=args.resume, overwrite=args.overwrite,
-                  method=build_method(method, teacher, rankings, overrides), info=info)
+                  method=lambda context: build_method(method, context, teacher, rankings, overrides), info=info)
 
 
 def _teacher_alone_config(args: argparse.Namespace, teacher) -> dict[str, Any]:
@@ -570,66 +569,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     split_file, teacher, rankings = _load_teacher(args, sizes)
     split = split_file.split
     out = args.out or Path("runs") / "compare"
+
+    def train(method: str, seed: int, folder: Path, resume: bool) -> None:
+        _compare_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder, split_file,
+                     teacher, rankings)
+
+    def expected(method: str, seed: int) -> dict[str, Any]:
+        """What a reusable finished run was made with."""
+        if method == TEACHER_BASELINE:
+            model_config, options, top = _teacher_alone_config(args, teacher), None, None
+        else:
+            model_config = _model_config(args, args.model or teacher.name, args.dim or DEFAULT_DIMS["student"])
+            options = dataclasses.asdict(method_options(method, _method_overrides(args, method)))
+            top = args.top
+        return {"split_digest": split.digest, "teacher_sha256": file_sha256(args.teacher), "top": top,
+                "train_config": dataclasses.asdict(_train_config(args, seed)), "model_config": model_config,
+                "method_options": options}
+
     with run_folder_lock(out):
-        runs: dict[str, list] = {}
-        for method in args.methods:
-            for seed in args.seeds:
-                folder = out / method / f"seed{seed}"
-                if (folder / RESULTS).exists() and not args.overwrite:
-                    run = load_run(folder, method, seed)
-                    _check_same_setup(run.results, folder, args, method, seed, teacher, split)
-                    log.info("%s seed %d: finished run found in %s", method, seed, folder)
-                else:
-                    resume = (folder / CHECKPOINT).exists() and not args.overwrite
-                    _compare_run(argparse.Namespace(**{**vars(args), "resume": resume}), method, seed, folder,
-                                 split_file, teacher, rankings)
-                    run = load_run(folder, method, seed)
-                runs.setdefault(method, []).append(run)
-            teachers = teacher_runs(out, method, runs[method])  # BD, iBD: their co-trained teachers too
-            if teachers:
-                runs[f"{method}-teacher"] = teachers
-        metrics = table_metrics(args.protocol, _cutoffs_for(args))
-        table = summarize(runs, metrics)
-        tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
-        write_summary(out, table, tests, runs, metrics)
-        plot_curves(out / "curves.png", runs, metrics[0])
+        runs = run_grid(out, args.methods, args.seeds, train=train, expected=expected, overwrite=args.overwrite)
+        summary = report(out, runs, table_metrics(args.protocol, _cutoffs_for(args)))
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
-    print(format_summary(table, tests, metrics))
+    print(summary)
     print(f"saved: {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'curves.png'}")
     return 0
-
-
-def _comparable(train_config: dict[str, Any]) -> dict[str, Any]:
-    # Where and how a run was shown (device, progress bars, evaluation batches)
-    # does not change its result; tuples come back from JSON as lists.
-    return {k: _plain(v) for k, v in train_config.items() if k not in ("device", "progress", "eval_batch_size")}
-
-
-def _check_same_setup(results: dict[str, Any], folder: Path, args: argparse.Namespace, method: str, seed: int,
-                      teacher, split: Split) -> None:
-    """A finished run is reused only if it was made on the same split, from the
-    same teacher, with the same model and options."""
-    if method == TEACHER_BASELINE:
-        model_config, options, top = _teacher_alone_config(args, teacher), None, None
-    else:
-        model_config = _model_config(args, args.model or teacher.name, args.dim or DEFAULT_DIMS["student"])
-        options = dataclasses.asdict(method_options(method, _method_overrides(args, method)))
-        top = args.top
-    expected = {"split": split.digest, "teacher": file_sha256(args.teacher), "top": top,
-                "train_config": _comparable(dataclasses.asdict(_train_config(args, seed))),
-                "model_config": model_config, "method_options": options}
-    found_model = results.get("model_config", {})
-    found = {"split": results.get("split_digest"), "teacher": results.get("teacher_sha256"), "top": results.get("top"),
-             "train_config": _comparable(results.get("train_config", {})),
-             "model_config": {key: found_model.get(key) for key in model_config},
-             "method_options": results.get("method_options")}
-    names = {"split": "split", "teacher": "teacher", "top": "--top", "train_config": "training options",
-             "model_config": "model", "method_options": "method options"}
-    changed = [names[key] for key in expected if expected[key] != found[key]]
-    if changed:
-        raise ConfigError(f"{folder} holds a finished run made with other options ({', '.join(changed)}); "
-                          "use another --out or pass --overwrite to redo it")
 
 
 def cmd_methods(args: argparse.Namespace) -> int:

@@ -1,6 +1,8 @@
-"""Summaries of several methods x seeds trained on one split: the papers'
-table (mean and std over seeds), the improvement over the plain student,
-paired t-tests, JSON and CSV files, and a figure of the learning curves.
+"""Several methods x seeds trained on one split and teacher: the grid of runs
+(``run_grid``: each finished run reused only if it was made the same way,
+an interrupted one resumed), the papers' table (mean and std over seeds), the
+improvement over the plain student, paired t-tests, JSON and CSV files, and a
+figure of the learning curves (``report``).
 
 The paired t-test pairs the evaluated users: each user's test H@5 (or any
 metric) averaged over the seeds of a method, compared between two methods with
@@ -15,20 +17,22 @@ import io
 import itertools
 import json
 from dataclasses import dataclass, field
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluation import load_per_user
 from .io import atomic_open, write_json
-from .methods.bd import TEACHER_TEST_PER_USER
-from .trainer import RESULTS, TEST_PER_USER
+from .trainer import CHECKPOINT, RESULTS, TEST_PER_USER, comparable_config
 
 __all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "TEACHER_BASELINE", "baseline_of", "table_metrics", "load_run",
            "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "markdown_summary",
-           "write_summary"]
+           "write_summary", "run_grid", "report", "setup_differences"]
+
+log = logging.getLogger("rankdistill")
 
 TABLE_METRICS = ("H@5", "M@5", "N@5", "H@10", "M@10", "N@10")  # the DCD/RRD papers' layout (sampled)
 FULL_TABLE_METRICS = ("H@50", "N@50", "H@100", "N@100")  # the BD papers' layout (full ranking)
@@ -79,13 +83,75 @@ def teacher_runs(folder: str | Path, method: str, runs: list[Run]) -> list[Run]:
         results = {**run.results, "test": run.results["teacher_test"],
                    "best_epoch": run.results["teacher_best_epoch"],
                    "history": [{**r, "valid": r["teacher_valid"]} for r in run.results["history"] if "teacher_valid" in r]}
-        path = Path(folder) / method / f"seed{run.seed}" / TEACHER_TEST_PER_USER
+        path = Path(folder) / method / f"seed{run.seed}" / f"teacher_{TEST_PER_USER}"  # the co-trained "teacher"
         try:
             per_user = load_per_user(path)
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{path}: not readable ({exc})") from None
         out.append(Run(f"{method}-teacher", run.seed, results, per_user))
     return out
+
+
+# What a reused run must share with the run asked for, as results.json records it.
+_SETUP_NAMES = {"split_digest": "split", "teacher_sha256": "teacher", "top": "--top", "train_config": "training options",
+                "model_config": "model", "method_options": "method options"}
+
+
+def setup_differences(results: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """What differs between a finished run's ``results`` and the ``expected``
+    setup (keys of ``_SETUP_NAMES``): the model is compared on the expected
+    configuration's keys, the training options on what changes a result."""
+    found_model = results.get("model_config", {})
+    found = {"split_digest": results.get("split_digest"), "teacher_sha256": results.get("teacher_sha256"),
+             "top": results.get("top"), "train_config": comparable_config(results.get("train_config", {})),
+             "model_config": {key: found_model.get(key) for key in expected.get("model_config", {})},
+             "method_options": results.get("method_options")}
+    wanted = {**expected, "train_config": comparable_config(expected.get("train_config", {}))}
+    return [_SETUP_NAMES[key] for key in _SETUP_NAMES if key in wanted and wanted[key] != found[key]]
+
+
+def run_grid(out: str | Path, methods: list[str], seeds: list[int], *,
+             train: Callable[[str, int, Path, bool], None], expected: Callable[[str, int], dict[str, Any]],
+             overwrite: bool = False) -> dict[str, list[Run]]:
+    """Every run of ``methods`` x ``seeds`` in ``OUT/METHOD/seedS``, in order.
+
+    A finished run (its results.json) is reused if ``expected(method, seed)``
+    (the setup, see ``setup_differences``) matches it, and refused otherwise;
+    any other run is trained by ``train(method, seed, folder, resume)``,
+    resumed where a checkpoint exists (``overwrite``: everything is retrained).
+    The co-trained teachers of BD and iBD come as rows ``METHOD-teacher``."""
+    out = Path(out)
+    runs: dict[str, list[Run]] = {}
+    for method in methods:
+        for seed in seeds:
+            folder = out / method / f"seed{seed}"
+            if (folder / RESULTS).exists() and not overwrite:
+                run = load_run(folder, method, seed)
+                changed = setup_differences(run.results, expected(method, seed))
+                if changed:
+                    raise ConfigError(f"{folder} holds a finished run made with other options "
+                                      f"({', '.join(changed)}); use another --out or pass --overwrite to redo it")
+                log.info("%s seed %d: finished run found in %s", method, seed, folder)
+            else:
+                train(method, seed, folder, (folder / CHECKPOINT).exists() and not overwrite)
+                run = load_run(folder, method, seed)
+            runs.setdefault(method, []).append(run)
+        teachers = teacher_runs(out, method, runs[method])
+        if teachers:
+            runs[f"{method}-teacher"] = teachers
+    return runs
+
+
+def report(out: str | Path, runs: dict[str, list[Run]], metrics: tuple[str, ...]) -> str:
+    """The table and the paired tests of ``runs`` on ``metrics`` (the first is
+    tested), written to ``OUT/summary.{json,csv,md}`` and ``OUT/curves.png``;
+    returns the printed summary."""
+    out = Path(out)
+    table = summarize(runs, metrics)
+    tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
+    write_summary(out, table, tests, runs, metrics)
+    plot_curves(out / "curves.png", runs, metrics[0])
+    return format_summary(table, tests, metrics)
 
 
 def baseline_of(method: str, methods: Any) -> str | None:

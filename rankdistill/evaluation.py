@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .blocks import csr_rows, row_blocks
 from .errors import ConfigError, TrainingDiverged
 from .io import atomic_open
 from .models import Recommender
@@ -154,8 +155,8 @@ class Evaluator:
         non_finite = torch.zeros((), dtype=torch.int64, device=device)
         try:
             ranks = []
-            for start in range(0, len(split.eval_users), self.batch_size):
-                batch_ranks, batch_non_finite = self._batch_ranks(model, part, start, device)
+            for start, stop in row_blocks(len(split.eval_users), 1, budget=self.batch_size):
+                batch_ranks, batch_non_finite = self._batch_ranks(model, part, start, stop, device)
                 ranks.append(batch_ranks)
                 non_finite += batch_non_finite
         finally:
@@ -167,11 +168,10 @@ class Evaluator:
         ranks = torch.cat(ranks).cpu().numpy()
         return EvalResult(part, self.protocol, split.eval_users, ranks, metrics_from_ranks(ranks, self.cutoffs))
 
-    def _batch_ranks(self, model: Recommender, part: str, start: int,
+    def _batch_ranks(self, model: Recommender, part: str, start: int, stop: int,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ranks ``[B]`` of a batch's held-out items, and how many of its users
-        have a non-finite score."""
-        stop = min(start + self.batch_size, len(self.split.eval_users))
+        """Ranks ``[B]`` of the held-out items of evaluated users ``start:stop``,
+        and how many of them have a non-finite score."""
         users = torch.as_tensor(self.split.eval_users[start:stop], device=device)
         targets = torch.as_tensor(self.split.targets(part)[start:stop], device=device)
         if self.protocol == "sampled":
@@ -179,9 +179,8 @@ class Evaluator:
             scores = model.score_items(users, torch.cat([targets[:, None], candidates], dim=1))
             ranks = sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates)
         else:
-            indptr, indices = self._excluded(part)
-            batch_indptr = torch.as_tensor(indptr[start:stop + 1] - indptr[start], device=device)
-            batch_indices = torch.as_tensor(indices[indptr[start]:indptr[stop]], device=device)
+            batch_indptr, batch_indices = (torch.as_tensor(a, device=device)
+                                           for a in csr_rows(*self._excluded(part), start, stop))
             scores = model.score_all(users)
             non_finite = (~torch.isfinite(scores).all(dim=1)).sum()
             if int(non_finite):  # rank_positions would refuse NaN: report it in the evaluation's words

@@ -1,15 +1,21 @@
 """One training loop for teachers, plain students and every distillation method.
 
-Each epoch: the method's ``refresh`` (every ``method.refresh_every`` epochs), a
-shuffled pass over the training interactions with freshly sampled negatives,
-mini-batch Adam on ``model.loss + sum(method.extra_loss)``, a validation every
-``eval_every`` epochs with early stopping on ``metric`` (H@5) after ``patience``
-evaluations without improvement, and an atomic checkpoint. At the end the best
-validation epoch's model is tested, saved (``best.pt``) and summarised
+The trainer is one user of the methods' public API (``rankdistill.methods``):
+it builds the method in a ``DistillContext`` (the student, the training
+interactions, the device, its checkpointed generator, the seed, the epochs)
+and each epoch calls ``method.refresh(epoch, batches=...)``, then, per batch of
+a shuffled pass over the training interactions with freshly sampled
+negatives, ``model.loss + sum(method.loss(users, pos_items, neg_items))``,
+one optimizer step (Adam by default; ``optimizer=`` replaces it), a validation
+every ``eval_every`` epochs and an atomic checkpoint. Early stopping: every
+trained model (the student and the method's co-trained ones, BD's teacher) has
+a ``BestTracker`` on ``metric`` (H@5); the run stops once all have gone
+``patience`` validations without improving. At the end each model's best
+validation epoch is tested and saved (``best.pt``, ``NAME.pt``) and summarised
 (``results.json``, per-user test values in ``test_per_user.npz``).
 
 A checkpoint holds everything the rest of the run depends on (model, optimizer,
-method state, every RNG state, history, best-so-far), so ``fit(resume=True)``
+method state, every RNG state, history, the trackers), so ``fit(resume=True)``
 ends with exactly the result of an uninterrupted run on CPU.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -24,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,11 +40,12 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, DataError, TrainingDiverged
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, EvalResult, Evaluator, metric_names
 from .io import torch_load, torch_save, write_json
+from .methods.base import DistillContext, Distillation
 from .models import Recommender, save_model
 from .unobserved import ObservedItems, sample_unobserved
 from .split import Split
 
-__all__ = ["Batch", "Method", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device",
+__all__ = ["BestTracker", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device", "run_outputs",
            "seed_everything"]
 
 log = logging.getLogger("rankdistill")
@@ -46,11 +54,18 @@ CHECKPOINT = "checkpoint.pt"
 BEST_MODEL = "best.pt"
 RESULTS = "results.json"
 TEST_PER_USER = "test_per_user.npz"
-# What a run writes into its folder (a method may add its own: Method.output_files).
+# What a run writes into its folder; each co-trained model adds NAME.pt and NAME_test_per_user.npz.
 RUN_OUTPUTS = (CHECKPOINT, BEST_MODEL, RESULTS, TEST_PER_USER)
 _CHECKPOINT_KIND = "rankdistill-trainer"
 _CHECKPOINT_KEYS = ("config", "state_dict", "info", "train_config", "split", "method_name", "method", "optimizer",
-                    "rng", "epoch", "history", "best", "bad_evals", "stopped_early")
+                    "rng", "epoch", "history", "trackers", "stopped_early")
+# Diagnostics slower than this and than a training pass are pointed out once (NeuMF on a CPU: ~60 s).
+DIAGNOSTIC_NOTE_SECONDS = 1.0
+
+
+def run_outputs(co_trained: Iterable[str] = ()) -> tuple[str, ...]:
+    """The files a run writes into its folder, co-trained models' included."""
+    return (*RUN_OUTPUTS, *(name for model in co_trained for name in (f"{model}.pt", f"{model}_{TEST_PER_USER}")))
 
 # Training options a resumed run may change (recorded in results.json under
 # "resumes"); every other option, and everything in the run's info (method
@@ -128,72 +143,30 @@ class TrainConfig:
         check_device(self.device)
 
 
-@dataclass
-class Batch:
-    """One mini-batch: positives ``users[b], pos_items[b]`` and negatives
-    ``neg_items[b, :]`` (all on the trainer's device)."""
+class BestTracker:
+    """Model selection on one validation metric: the best epoch so far, its
+    metrics and a copy of the model's state, and how many validations have
+    passed since it (early stopping)."""
 
-    users: torch.Tensor
-    pos_items: torch.Tensor
-    neg_items: torch.Tensor
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.best: dict[str, Any] | None = None  # {"epoch", "valid", "state"}
+        self.bad_evals = 0
 
-
-class Method:
-    """What a distillation method adds to the loop; every hook is a no-op here,
-    so ``Method()`` itself trains the plain model (teacher or student).
-
-    ``refresh`` runs before the epochs ``0, refresh_every, 2 * refresh_every,
-    ...``; ``extra_loss`` returns already weighted terms (``lambda_x * L_x``)
-    by name, each added to the model's loss and logged; ``epoch_log`` returns
-    numbers (diagnostics) to record in the epoch's history entry;
-    ``parameters`` are trained by the same optimizer; ``state_dict`` must
-    capture whatever the later epochs depend on, for an exact resume.
-    ``on_validate`` runs after each validation of the model (it may add
-    entries to the epoch's record; see ``co_trained_bad_evals`` for early
-    stopping with a second model); ``on_train_end`` runs once the best
-    model is tested and returns entries for ``results.json`` (a method that
-    trains a second model, BD, tests and saves it there).
-    Randomness should come from ``trainer.generator`` (checkpointed).
-    """
-
-    name = "student"
-    refresh_every = 1
-    # Files the method writes into the run folder (besides RUN_OUTPUTS).
-    output_files: tuple[str, ...] = ()
-
-    def on_train_start(self, trainer: "Trainer") -> None:
-        pass
-
-    def refresh(self, trainer: "Trainer", epoch: int) -> None:
-        pass
-
-    def extra_loss(self, trainer: "Trainer", batch: Batch) -> dict[str, torch.Tensor]:
-        return {}
-
-    def epoch_log(self) -> dict[str, float]:
-        return {}
-
-    def on_validate(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
-        pass
-
-    def co_trained_bad_evals(self) -> int | None:
-        """For a method that trains a second model (BD): validations since that
-        model last improved. The run stops early only once both models have
-        gone ``patience`` validations without improving, so that neither is cut
-        short by the other's plateau. ``None``: no second model."""
-        return None
-
-    def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
-        return {}
-
-    def parameters(self) -> Iterable[torch.nn.Parameter]:
-        return ()
+    def update(self, epoch: int, valid: dict[str, float], model: torch.nn.Module) -> bool:
+        """Record a validation; True if it is the best so far (its state is kept)."""
+        if self.best is None or valid[self.metric] > self.best["valid"][self.metric]:
+            self.best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(model.state_dict())}
+            self.bad_evals = 0
+            return True
+        self.bad_evals += 1
+        return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"best": self.best, "bad_evals": self.bad_evals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
 
 
 @dataclass
@@ -206,37 +179,61 @@ class TrainResult:
     stopped_early: bool
     seconds_per_epoch: float  # training pass only, median over the epochs run (robust to a busy machine)
     refresh_seconds_per_epoch: float  # the method's refreshes, averaged over all epochs
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # the method's on_train_end entries
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # the co-trained models' NAME_* entries
+
+
+MethodFactory = Callable[[DistillContext], Distillation]
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 class Trainer:
-    """Trains ``model`` on ``split.train``; writes into ``out_dir`` when given."""
+    """Trains ``model`` on ``split.train``; writes into ``out_dir`` when given.
+
+    Args:
+        method: makes the distillation method from the run's context, e.g.
+            ``lambda context: build_method("dcd", context, teacher, rankings)``;
+            None trains the plain model.
+        optimizer: makes the optimizer from the parameters to train (the
+            model's, then the method's); default: Adam with the config's
+            ``lr`` and ``weight_decay`` (fused where PyTorch can).
+        info: extra facts recorded in the checkpoint, results.json and best.pt.
+    """
 
     def __init__(self, model: Recommender, split: Split, config: TrainConfig | None = None, *,
-                 method: Method | None = None, out_dir: str | Path | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 method: MethodFactory | None = None, optimizer: OptimizerFactory | None = None,
+                 out_dir: str | Path | None = None, info: dict[str, Any] | None = None) -> None:
         self.config = config or TrainConfig()
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device)
         self.split = split
-        self.method = method or Method()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        # extra facts recorded in the checkpoint, results.json and best.pt
         self.info = {**(info or {}), **split.identity()}
         self.evaluator = Evaluator(split, protocol=self.config.protocol, cutoffs=self.config.cutoffs,
                                    batch_size=self.config.eval_batch_size)
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
         self.observed = ObservedItems(self.train_users, self.train_items, split.n_users, split.n_items, self.device)
-        # The loop's own randomness (shuffling, negatives) lives on the device.
+        # The loop's own randomness (shuffling, negatives) and the method's live on the device.
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        context = DistillContext(self.model, split, device=self.device, generator=self.generator,
+                                 seed=self.config.seed, epochs=self.config.epochs)
+        self.method = method(context) if method is not None else Distillation(context)
+        self.make_optimizer = optimizer or functools.partial(_adam, lr=self.config.lr,
+                                                             weight_decay=self.config.weight_decay)
         self.optimizer: torch.optim.Optimizer | None = None
         self.epoch = 0  # the next epoch to run
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None  # {"epoch", "valid", "state"}
-        self.bad_evals = 0
+        # model selection of the student and of each model the method co-trains
+        self.models: dict[str, torch.nn.Module] = {"model": self.model, **self.method.co_trained()}
+        self.trackers = {name: BestTracker(self.config.metric) for name in self.models}
         self.stopped_early = False
         self.resumes: list[dict[str, Any]] = []  # options changed at each resume
+        self._diagnostics_noted = False
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The student's best validation so far: ``{"epoch", "valid", "state"}``."""
+        return self.trackers["model"].best
 
     @property
     def show_progress(self) -> bool:
@@ -245,9 +242,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def fit(self, *, resume: bool = False) -> TrainResult:
-        self.method.on_train_start(self)
         params = list(self.model.parameters()) + list(self.method.parameters())
-        self.optimizer = _adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.optimizer = self.make_optimizer(params)
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._load_checkpoint(self.checkpoint_path)
             log.info("resumed from %s after epoch %d", self.checkpoint_path, self.epoch)
@@ -264,17 +260,16 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> None:
         config = self.config
-        refresh_seconds = None
-        if epoch % self.method.refresh_every == 0:
-            start = time.perf_counter()
-            self.method.refresh(self, epoch)
-            refresh_seconds = time.perf_counter() - start
+        n_batches = math.ceil(len(self.train_users) / config.batch_size)
+        start = time.perf_counter()
+        self.method.refresh(epoch, batches=n_batches)
+        refresh_seconds = time.perf_counter() - start
+        self._note_diagnostics()
         self.model.train()
         start = time.perf_counter()
         order = torch.randperm(len(self.train_users), generator=self.generator, device=self.device)
         users, pos_items = self.train_users[order], self.train_items[order]
         neg_items = sample_unobserved(self.observed, users, config.n_negatives, generator=self.generator)
-        n_batches = math.ceil(len(users) / config.batch_size)
         totals: dict[str, torch.Tensor] = {}
         show_progress = self.show_progress
         # Reading a value synchronises a GPU: there the loss is checked every
@@ -284,9 +279,8 @@ class Trainer:
                    disable=not show_progress, dynamic_ncols=True)
         for b in bar:
             rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
-            batch = Batch(users[rows], pos_items[rows], neg_items[rows])
-            base = self.model.loss(batch.users, batch.pos_items, batch.neg_items)
-            extra = self.method.extra_loss(self, batch)
+            base = self.model.loss(users[rows], pos_items[rows], neg_items[rows])
+            extra = self.method.loss(users[rows], pos_items[rows], neg_items[rows])
             if "loss" in extra:
                 raise ValueError(f"method {self.method.name!r}: 'loss' is the model's own term, name yours otherwise")
             terms = {"loss": base, **extra}
@@ -301,15 +295,27 @@ class Trainer:
             if show_progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(totals['loss']) / (b + 1):.4f}", **self._last_valid_postfix())
         bar.close()
-        record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start}
-        if refresh_seconds is not None:
-            record["refresh_seconds"] = refresh_seconds
+        record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start,
+                                  "refresh_seconds": refresh_seconds}
         record.update({name: float(value) / n_batches for name, value in totals.items()})
         record.update(self.method.epoch_log())
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             self._validate(epoch, record)
         self.history.append(record)
         self._log_epoch(record)
+
+    def _note_diagnostics(self) -> None:
+        """Say once when the method's diagnostics cost more than a training pass."""
+        seconds = self.method.epoch_log().get("diagnostic_seconds")
+        if seconds is None or self._diagnostics_noted:
+            return
+        last_pass = self.history[-1]["seconds"] if self.history else None  # none yet at the start
+        if seconds > max(DIAGNOSTIC_NOTE_SECONDS, last_pass or 0.0):
+            self._diagnostics_noted = True
+            than = "" if last_pass is None else f", more than a training pass ({last_pass:.1f} s)"
+            every = getattr(self.method.options, "diagnose_every", 0)
+            log.info("the discrepancy diagnostics took %.1f s every %d epochs%s; -o diagnose_every=0 turns them off",
+                     seconds, every, than)
 
     def _check_finite(self, epoch: int, totals: dict[str, torch.Tensor], *, check_parameters: bool) -> None:
         """Stop the run at a non-finite loss term (or, at the end of an epoch,
@@ -343,17 +349,13 @@ class Trainer:
                                f"{kept}")
 
     def _validate(self, epoch: int, record: dict[str, Any]) -> None:
-        valid = self.evaluator.evaluate(self.model, "valid").means()
-        record["valid"] = valid
-        if self.best is None or valid[self.config.metric] > self.best["valid"][self.config.metric]:
-            self.best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(self.model.state_dict())}
-            self.bad_evals = 0
-        else:
-            self.bad_evals += 1
-        self.method.on_validate(self, epoch, record)
-        others = self.method.co_trained_bad_evals()
-        self.stopped_early = (self.bad_evals >= self.config.patience
-                              and (others is None or others >= self.config.patience))
+        for name, model in self.models.items():
+            valid = self.evaluator.evaluate(model, "valid").means()
+            record["valid" if name == "model" else f"{name}_valid"] = valid
+            self.trackers[name].update(epoch, valid, model)
+        # Stop only once every trained model has gone `patience` validations
+        # without improving: none is cut short by another's plateau.
+        self.stopped_early = all(t.bad_evals >= self.config.patience for t in self.trackers.values())
 
     def _last_valid_postfix(self) -> dict[str, str]:
         metric = self.config.metric
@@ -390,11 +392,32 @@ class Trainer:
             # a method's diagnostics are measurement, not method: not counted
             refresh_seconds_per_epoch=float(np.mean([r.get("refresh_seconds", 0.0) - r.get("diagnostic_seconds", 0.0)
                                                      for r in self.history])) if self.history else float("nan"),
-            extra=dict(self.method.on_train_end(self) or {}),
+            extra=self._finish_co_trained(),
         )
         if self.out_dir is not None:
             self._write_outputs(result)
         return result
+
+    def _finish_co_trained(self) -> dict[str, Any]:
+        """Each co-trained model at its own best validation epoch: tested,
+        saved as ``NAME.pt`` (with its per-user test values), summarised as
+        ``NAME_*`` entries of results.json."""
+        out: dict[str, Any] = {}
+        for name, model in self.models.items():
+            best = self.trackers[name].best
+            if name == "model" or best is None:
+                continue
+            model.load_state_dict(best["state"])
+            result = self.evaluator.evaluate(model, "test")
+            out.update({f"{name}_best_epoch": best["epoch"], f"{name}_valid": best["valid"],
+                        f"{name}_test": result.means(), f"{name}_model_config": model.config(),
+                        f"{name}_num_parameters": model.num_parameters()})
+            if self.out_dir is not None:
+                where = {key: self.info[key] for key in ("data", "split_file") if key in self.info}
+                save_model(self.out_dir / f"{name}.pt", model, role=name, method=self.method.name, **where,
+                           **self.split.identity(), best_epoch=best["epoch"], valid=best["valid"], test=result.means())
+                result.save_per_user(self.out_dir / f"{name}_{TEST_PER_USER}")
+        return out
 
     # ------------------------------------------------------------ persistence
 
@@ -437,8 +460,7 @@ class Trainer:
             "rng": self._rng_states(),
             "epoch": self.epoch,
             "history": self.history,
-            "best": self.best,
-            "bad_evals": self.bad_evals,
+            "trackers": {name: tracker.state_dict() for name, tracker in self.trackers.items()},
             "stopped_early": self.stopped_early,
             "resumes": self.resumes,
         })
@@ -456,13 +478,13 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.method.load_state_dict(state["method"])
             self._set_rng_states(state["rng"])
+            for name, tracker in self.trackers.items():
+                tracker.load_state_dict(state["trackers"][name])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # shapes or keys that do not fit
             raise DataError(f"{path}: its state does not fit this run ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0]})") from None
         self.epoch = state["epoch"]
         self.history = state["history"]
-        self.best = state["best"]
-        self.bad_evals = state["bad_evals"]
         self.stopped_early = state["stopped_early"]
         saved_config = state["train_config"]
         changed = {key: [saved_config.get(key), getattr(self.config, key)] for key in RESUME_MAY_CHANGE
@@ -472,9 +494,7 @@ class Trainer:
             log.info("resuming with %s", ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items()))
         # A run that stopped early may go on if the patience grew.
         if "patience" in changed:
-            others = self.method.co_trained_bad_evals()
-            self.stopped_early = (self.bad_evals >= self.config.patience
-                                  and (others is None or others >= self.config.patience))
+            self.stopped_early = all(t.bad_evals >= self.config.patience for t in self.trackers.values())
 
     def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
         """A ``ConfigError`` listing every difference between the checkpoint's
@@ -517,6 +537,12 @@ class Trainer:
                    **{k: v for k, v in summary.items() if k not in ("model_config", "history")})
         result.test_result.save_per_user(self.out_dir / TEST_PER_USER)
         write_json(self.out_dir / RESULTS, summary)
+
+
+def comparable_config(train_config: dict[str, Any]) -> dict[str, Any]:
+    """A training configuration (as saved) without what does not change a
+    result (where and how a run was shown), lists and tuples alike."""
+    return {k: _plain(v) for k, v in train_config.items() if k not in _RESUME_IRRELEVANT}
 
 
 def _plain(value: Any) -> Any:

@@ -12,12 +12,14 @@ from rankdistill.cli import main
 from rankdistill.data import synthetic
 from rankdistill.errors import ConfigError
 from rankdistill.methods import build_method, compute_rankings
-from rankdistill.methods.bd import (TEACHER_MODEL, bd_weights, drop_repeats, retain_uncorrected,
-                                    sample_discrepancies, soft_label_bce)
+from rankdistill.methods.bd import bd_weights, drop_repeats, retain_uncorrected, sample_discrepancies, soft_label_bce
 from rankdistill.models import load_model
-from rankdistill.trainer import Trainer
+from rankdistill.trainer import Trainer, run_outputs
 
-from distill_setup import config, csr_of, interrupted_and_resumed, new_model, small_split, strip, trained_teacher
+from distill_setup import (batches_per_epoch, config, csr_of, distill_context, interrupted_and_resumed, new_model,
+                           small_split, strip, trained_teacher)
+
+TEACHER_MODEL = "teacher.pt"  # the co-trained "teacher" model's file (run_outputs(["teacher"]))
 
 
 @pytest.fixture(scope="module")
@@ -110,26 +112,26 @@ def test_retained_are_the_still_uncorrected_items_largest_gap_first():
 
 
 def started(split, teacher, name, seed=0, **options):
-    """A method after on_train_start, with its trainer."""
-    method = build_method(name, teacher, None, options)
-    trainer = Trainer(new_model(split, 4), split, config(seed=seed), method=method)
-    method.on_train_start(trainer)
-    return method, trainer
+    """A method built in the context a trainer with ``config(seed=seed)`` gives
+    it, and a refresh of it for one of that trainer's epochs."""
+    method = build_method(name, distill_context(split, seed=seed), teacher, None, options)
+    n_batches = batches_per_epoch(split)
+    return method, lambda epoch: method.refresh(epoch, batches=n_batches)
 
 
 def test_ibd_round_keeps_uncorrected_items_apart_from_the_new_sample(split, teacher):
-    method, trainer = started(split, teacher, "ibd", samples=6, retain=4)
-    method.refresh(trainer, 0)
+    method, refresh = started(split, teacher, "ibd", samples=6, retain=4)
+    refresh(0)
     first = {d: method.distilled(d).clone() for d in ("ts", "st")}
     assert method.sets["ts"]["retained"].shape[1] == 0  # nothing to retain in the first round
     with torch.no_grad():  # move the models so that some discrepancies are corrected and others not
-        for p in trainer.model.parameters():
+        for p in method.student.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    method.refresh(trainer, 10)
+    refresh(10)
     observed = method.sets["ts"]["new"].new_zeros((split.n_users, split.n_items), dtype=torch.bool)
     observed[torch.as_tensor(split.train.users), torch.as_tensor(split.train.items)] = True
     with torch.no_grad():
-        student_rank = _ranks(trainer.model, split)
+        student_rank = _ranks(method.student, split)
         teacher_rank = _ranks(method.teacher, split)
     for d in ("ts", "st"):
         new, kept = method.sets[d]["new"], method.sets[d]["retained"]
@@ -158,12 +160,12 @@ def _columns(rows):
 
 
 def test_redraw_every_epoch_draws_anew_from_the_rounds_weights(split, teacher):
-    method, trainer = started(split, teacher, "bd", samples=5, update_every=3, redraw_every=1)
+    method, refresh = started(split, teacher, "bd", samples=5, update_every=3, redraw_every=1)
     with torch.no_grad():
-        gap = _ranks(trainer.model, split) - _ranks(method.teacher, split)  # R_S - R_T, as the round sees it
+        gap = _ranks(method.student, split) - _ranks(method.teacher, split)  # R_S - R_T, as the round sees it
     draws = []
     for epoch in range(3):
-        method.refresh(trainer, epoch)  # a round at epoch 0 only
+        refresh(epoch)  # a round at epoch 0 only
         draws.append(method.distilled("ts").clone())
     assert method.sets["ts"]["new"].shape[1] == 3 * 5  # the round's three draws, side by side
     for draw in draws:
@@ -174,26 +176,26 @@ def test_redraw_every_epoch_draws_anew_from_the_rounds_weights(split, teacher):
     # independent draws: different items in different epochs for most users
     differ = [a != b for a, b in zip(_columns(draws[0]), _columns(draws[1]))]
     assert np.mean(differ) > 0.5
-    method.refresh(trainer, 3)  # the next round replaces all three
+    refresh(3)  # the next round replaces all three
     assert not torch.equal(method.sets["ts"]["new"][:, :5], draws[0])
 
 
 def test_one_draw_per_round_is_kept_for_the_round(split, teacher):
-    method, trainer = started(split, teacher, "bd", samples=5, update_every=3)
-    method.refresh(trainer, 0)
+    method, refresh = started(split, teacher, "bd", samples=5, update_every=3)
+    refresh(0)
     first = method.distilled("st").clone()
     for epoch in (1, 2):
-        method.refresh(trainer, epoch)
+        refresh(epoch)
         assert torch.equal(method.distilled("st"), first)
 
 
 def test_ibd_judges_an_item_drawn_twice_in_a_round_once(split, teacher):
-    method, trainer = started(split, teacher, "ibd", samples=6, update_every=4, redraw_every=1, retain=50)
-    method.refresh(trainer, 0)
+    method, refresh = started(split, teacher, "ibd", samples=6, update_every=4, redraw_every=1, retain=50)
+    refresh(0)
     with torch.no_grad():
-        for p in trainer.model.parameters():
+        for p in method.student.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    method.refresh(trainer, 4)
+    refresh(4)
     for d in ("ts", "st"):
         kept = method.sets[d]["retained"]
         assert (kept >= 0).any()
@@ -210,9 +212,10 @@ def _ranks(model, split):
 
 def test_ibd_without_retention_and_with_bds_weights_is_bd(split, teacher):
     bd = Trainer(new_model(split, 4), split, config(epochs=3),
-                 method=build_method("bd", teacher, None, {"update_every": 1})).fit()
+                 method=lambda context: build_method("bd", context, teacher, None, {"update_every": 1})).fit()
     ibd = Trainer(new_model(split, 4), split, config(epochs=3),
-                  method=build_method("ibd", teacher, None, {"update_every": 1, "retain": 0})).fit()
+                  method=lambda context: build_method("ibd", context, teacher, None,
+                                                      {"update_every": 1, "retain": 0})).fit()
     assert strip(bd.history) == strip(ibd.history)
 
 
@@ -222,13 +225,19 @@ def test_teacher_trains_under_bd_and_stays_frozen_under_unidirectional_methods(s
     rankings = compute_rankings(teacher, split, 20)
     before = params(teacher)
     for name in ("rrd", "dcd"):
-        method = build_method(name, teacher, rankings)
-        Trainer(new_model(split, 4), split, config(epochs=2), method=method).fit()
+        trainer = Trainer(new_model(split, 4), split, config(epochs=2),
+                          method=lambda context: build_method(name, context, teacher, rankings))
+        trainer.fit()
+        method = trainer.method
+        assert trainer.models.keys() == {"model"}  # nothing co-trained
         assert all(torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))
         assert not any(p.requires_grad for p in method.teacher.parameters())
     for name in ("bd", "ibd"):
-        method = build_method(name, teacher, rankings)
-        Trainer(new_model(split, 4), split, config(epochs=2), method=method).fit()
+        trainer = Trainer(new_model(split, 4), split, config(epochs=2),
+                          method=lambda context: build_method(name, context, teacher, rankings))
+        trainer.fit()
+        method = trainer.method
+        assert trainer.models.keys() == {"model", "teacher"} and trainer.models["teacher"] is method.teacher
         assert all(p.requires_grad for p in method.teacher.parameters())
         assert all(not torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))
     # the caller's teacher (shared by the runs of a comparison) is untouched
@@ -241,8 +250,9 @@ def test_bidirectional_losses_fall(split, teacher, name):
     # the distillation weighted up so that it leads (at T=5 and weight 0.5 the
     # base losses pull the two models apart faster on this tiny set).
     weights = {"lambda_ts": 20.0, "lambda_st": 20.0} if name == "bd" else {"gamma_ts": 20.0, "gamma_st": 20.0}
-    method = build_method(name, teacher, None, {"update_every": 100, "temperature": 1.0, **weights})
-    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2), method=method).fit()
+    options = {"update_every": 100, "temperature": 1.0, **weights}
+    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2),
+                     method=lambda context: build_method(name, context, teacher, None, options)).fit()
     assert {"loss", "teacher_loss", "bd_ts", "bd_st"} <= set(result.history[0])
     for term in ("bd_ts", "bd_st"):
         values = np.array([r[term] for r in result.history])
@@ -253,17 +263,21 @@ def test_bidirectional_losses_fall(split, teacher, name):
 def test_bd_runs_with_other_models(split, model, tmp_path):
     teacher = new_model(split, 8, seed=3, name=model)
     result = Trainer(new_model(split, 4, name=model), split, config(epochs=2),
-                     method=build_method("ibd", teacher, None, {"update_every": 1}), out_dir=tmp_path).fit()
+                     method=lambda context: build_method("ibd", context, teacher, None, {"update_every": 1}),
+                     out_dir=tmp_path).fit()
     assert {"teacher_loss", "bd_ts", "bd_st", "ts_uncorrected_share"} <= set(result.history[1])
     assert set(result.extra["teacher_test"]) == set(result.test)
 
 
 def test_teacher_is_selected_tested_and_saved(split, teacher, tmp_path):
-    method = build_method("bd", teacher, None, {"update_every": 2})
-    result = Trainer(new_model(split, 4), split, config(epochs=4), method=method, out_dir=tmp_path).fit()
+    trainer = Trainer(new_model(split, 4), split, config(epochs=4), out_dir=tmp_path,
+                      method=lambda context: build_method("bd", context, teacher, None, {"update_every": 2}))
+    method = trainer.method
+    result = trainer.fit()
     valid = [r["teacher_valid"]["H@5"] for r in result.history]
     best = result.extra["teacher_best_epoch"]
     assert valid[best] == max(valid) and valid.index(max(valid)) == best
+    assert trainer.trackers["teacher"].best["epoch"] == best
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["teacher_test"] == result.extra["teacher_test"]
     assert results["teacher_model_config"]["dim"] == 16
@@ -271,6 +285,8 @@ def test_teacher_is_selected_tested_and_saved(split, teacher, tmp_path):
     assert info["role"] == "teacher" and info["split_seed"] == split.seed
     assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), method.teacher.parameters()))
     assert (tmp_path / "teacher_test_per_user.npz").exists()
+    assert {TEACHER_MODEL, "teacher_test_per_user.npz"} <= set(run_outputs(["teacher"]))
+    assert {p.name for p in tmp_path.iterdir()} == set(run_outputs(["teacher"]))
 
 
 def test_fresh_teacher_is_a_new_model_of_the_given_kind(split, teacher):
@@ -281,7 +297,7 @@ def test_fresh_teacher_is_a_new_model_of_the_given_kind(split, teacher):
     with pytest.raises(ConfigError, match="teacher_init=fresh"):
         started(split, teacher, "bd", teacher_dim=12)
     with pytest.raises(ConfigError, match="needs a teacher"):
-        build_method("bd", None, None)
+        build_method("bd", distill_context(split), None, None)
 
 
 # ---------------------------------------------------------------- resume
@@ -291,12 +307,12 @@ def test_fresh_teacher_is_a_new_model_of_the_given_kind(split, teacher):
 def test_resume_is_exact_for_both_models(split, teacher, tmp_path, name, redraw_every):
     options = {"update_every": 2, "rows": "spread", "samples": 8, "redraw_every": redraw_every}
 
-    def other_method():  # another teacher and student: the checkpoint must win
+    def other_method(context):  # another teacher and student: the checkpoint must win
         torch.manual_seed(999)
-        return build_method(name, new_model(split, 16, seed=7), None, options)
+        return build_method(name, context, new_model(split, 16, seed=7), None, options)
     # Killed at epoch 3: after the round of epoch 2, before the next one (with
     # redraw_every=1, before the round's second draw).
-    whole, resumed = interrupted_and_resumed(split, lambda: build_method(name, teacher, None, options), tmp_path,
+    whole, resumed = interrupted_and_resumed(split, lambda c: build_method(name, c, teacher, None, options), tmp_path,
                                              epochs=5, crash_at=3, resume_method=other_method, resume_seed=8)
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.test == whole.test and resumed.extra["teacher_test"] == whole.extra["teacher_test"]

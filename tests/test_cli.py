@@ -19,6 +19,8 @@ from rankdistill.cli import main
 from rankdistill.compare import Run, format_summary, markdown_summary, paired_tests, plot_curves, summarize, table_metrics
 from rankdistill.data import synthetic
 
+from distill_setup import write_users_dat
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,12 +48,7 @@ def run_error(capsys, *argv):
 def users_dat(tmp_path_factory):
     """A small users.dat written from the synthetic generator."""
     data = synthetic(120, 600, n_factors=6, mean_interactions=15, min_interactions=5, seed=0)
-    lines = [[] for _ in range(data.n_users)]
-    for u, i in zip(data.users.tolist(), data.items.tolist()):
-        lines[u].append(i)
-    path = tmp_path_factory.mktemp("data") / "users.dat"
-    path.write_text("".join(f"{len(items)} {' '.join(map(str, items))}\n" for items in lines))
-    return path
+    return write_users_dat(data, tmp_path_factory.mktemp("data") / "users.dat")
 
 
 def test_missing_file(capsys, tmp_path):

@@ -10,16 +10,18 @@ import torch
 
 from rankdistill.errors import ConfigError
 from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
-from rankdistill.methods import rankings as rankings_module
-from rankdistill.methods import base as base_module
-from rankdistill.methods.base import Side
+from rankdistill import blocks
+from rankdistill import trainer as trainer_module
+from rankdistill.methods.base import Batch, Side
 from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
 from rankdistill.methods.rrd import sample_interesting, sample_uninteresting
 from rankdistill.methods import method_options
 from rankdistill.models import save_model
-from rankdistill.trainer import Batch, Trainer, seed_everything
+from rankdistill.scoring import InteractionMatrix, as_interactions
+from rankdistill.trainer import Trainer, seed_everything
 
-from distill_setup import TOP, config, interrupted_and_resumed, new_model, small_split, strip
+from distill_setup import (TOP, batches_per_epoch, config, distill_context, interrupted_and_resumed, new_model,
+                           small_split, strip)
 
 
 
@@ -29,11 +31,16 @@ def split():
 
 
 def user_side(split, rankings):
-    return Side("user", rankings.items_of_user, split.train.to_csr("user"), split.n_items, torch.device("cpu"))
+    return Side("user", rankings.items_of_user, as_interactions(split))
 
 
 def item_side(split, rankings):
-    return Side("item", rankings.users_of_item, split.train.to_csr("item"), split.n_users, torch.device("cpu"))
+    return Side("item", rankings.users_of_item, as_interactions(split))
+
+
+def nothing_observed(n_rows, n_cols):
+    """Interactions of ``n_rows`` users with none of ``n_cols`` items."""
+    return InteractionMatrix.from_csr(np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64), n_cols)
 
 
 # ---------------------------------------------------------------- rankings
@@ -49,7 +56,7 @@ def test_rankings_are_the_teachers_best_unobserved_columns(teacher, split, ranki
         teacher = new_model(split, 8, name="neumf").eval()
         assert teacher.scores_each_pair
     if block_rows is not None:
-        monkeypatch.setattr(rankings_module, "SCORE_ALL_BUDGET", block_rows * split.n_items)
+        monkeypatch.setattr(blocks, "SCORE_ALL_BUDGET", block_rows * split.n_items)
     if model != "bpr" or block_rows is not None:
         rankings = compute_rankings(teacher, split, TOP)
     with torch.no_grad():
@@ -115,8 +122,7 @@ def test_rrd_interesting_follows_exp_of_minus_rank_over_t(split, rankings):
     # One draw of a single column: P(rank k) = exp(-k/T) / sum_j exp(-j/T).
     side = user_side(split, rankings)
     rows = side.top[:1].expand(20000, -1).contiguous()
-    big = Side("user", rows, (np.zeros(20001, dtype=np.int64), np.zeros(0, dtype=np.int64)), split.n_items,
-               torch.device("cpu"))
+    big = Side("user", rows, nothing_observed(20000, split.n_items))
     draws = sample_interesting(big, 1, 5.0, torch.Generator().manual_seed(3))[:, 0]
     ranks = (rows == draws[:, None]).float().argmax(dim=1)
     expected = torch.exp(-torch.arange(TOP) / 5.0)
@@ -131,8 +137,7 @@ def test_rrd_interesting_follows_exp_of_minus_rank_over_t(split, rankings):
 def constructed_side():
     """Three rows, five teacher candidates each; the second row's last one is padding."""
     top = torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, -1], [30, 31, 32, 33, 34]])
-    empty = (np.zeros(4, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    return Side("user", top, empty, 40, torch.device("cpu"))
+    return Side("user", top, nothing_observed(3, 40))
 
 
 STUDENT_RANKS = torch.tensor([[0, 9, 1, 3, 2],     # 11 under (9 > 1), 12 and 14 over, 13 equal
@@ -158,8 +163,7 @@ def test_dcd_under_list_is_in_teacher_order_and_sampled_by_weight():
     # 12 under-estimated candidates, 4 drawn: always in teacher order, and the
     # most under-estimated ones drawn most often.
     top = torch.arange(12).expand(4000, -1).contiguous()
-    side = Side("user", top, (np.zeros(4001, dtype=np.int64), np.zeros(0, dtype=np.int64)), 12,
-                torch.device("cpu"))
+    side = Side("user", top, nothing_observed(4000, 12))
     student = side.teacher_rank + torch.tensor([1, 50, 2, 40, 3, 30, 4, 20, 5, 10, 6, 8])
     under = select_discrepancies(side, student, 4, mu=0.05, direction="under", sampling=True,
                                  generator=torch.Generator().manual_seed(1))
@@ -181,9 +185,9 @@ def test_largest_discrepancies_hand_case():
 # ---------------------------------------------------------------- methods on the trainer
 
 def run(split, teacher, rankings, name, epochs=4, **options):
-    method = build_method(name, teacher, rankings, options)
-    result = Trainer(new_model(split, 4), split, config(epochs=epochs), method=method).fit()
-    return method, result
+    trainer = Trainer(new_model(split, 4), split, config(epochs=epochs),
+                      method=lambda context: build_method(name, context, teacher, rankings, options))
+    return trainer.method, trainer.fit()
 
 
 EXPECTED_TERMS = {
@@ -206,8 +210,8 @@ def test_distillation_loss_falls(split, teacher, rankings, name):
     options = {key: 1.0 for key, value in defaults.items() if key.startswith("lambda_") and value > 0}
     if "correct_every" in defaults:
         options["correct_every"] = 100
-    method = build_method(name, teacher, rankings, options)
-    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2), method=method).fit()
+    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2),
+                     method=lambda context: build_method(name, context, teacher, rankings, options)).fit()
     terms = {k for k in result.history[0] if k not in ("epoch", "valid", "loss")
              and not k.startswith("discrepancy") and not k.endswith("seconds")}
     assert terms == EXPECTED_TERMS[name]
@@ -229,10 +233,8 @@ def test_ablations_change_only_their_switches():
 
 def test_dcd_without_sampling_is_deterministic_and_sampling_is_not(split, teacher, rankings):
     def corrections(name, seed):
-        method = build_method(name, teacher, rankings, {"m_under": 5})
-        trainer = Trainer(new_model(split, 4), split, config(seed=seed), method=method)
-        method.on_train_start(trainer)
-        method.refresh(trainer, 0)
+        method = build_method(name, distill_context(split, seed=seed), teacher, rankings, {"m_under": 5})
+        method.refresh(0, batches=batches_per_epoch(split))
         return method.corrections["user"][0]
     assert torch.equal(corrections("dcd-no-sampling", 0), corrections("dcd-no-sampling", 1))
     assert not torch.equal(corrections("dcd", 0), corrections("dcd", 1))
@@ -262,7 +264,7 @@ def test_diagnostics_are_recorded_at_each_refresh(split, teacher, rankings):
 
 @pytest.mark.parametrize("note_seconds, notes", [(0.0, 1), (1e9, 0)])
 def test_costly_diagnostics_are_pointed_out_once(split, teacher, rankings, monkeypatch, caplog, note_seconds, notes):
-    monkeypatch.setattr(base_module, "DIAGNOSTIC_NOTE_SECONDS", note_seconds)
+    monkeypatch.setattr(trainer_module, "DIAGNOSTIC_NOTE_SECONDS", note_seconds)
     with caplog.at_level("INFO", logger="rankdistill"):
         run(split, teacher, rankings, "rrd", epochs=5, diagnose_every=2)  # three diagnoses
     assert sum("diagnose_every=0 turns them off" in r.getMessage() for r in caplog.records) == notes
@@ -277,45 +279,54 @@ def test_student_method_trains_the_plain_model(split, teacher, rankings):
 def test_dcd_resume_is_exact_between_corrections(split, teacher, rankings, tmp_path):
     options = {"correct_every": 3, "rows": "spread"}
     # Killed at epoch 4: after the correction of epoch 3, before the next one.
-    whole, resumed = interrupted_and_resumed(split, lambda: build_method("dcd", teacher, rankings, options), tmp_path,
-                                             epochs=6, crash_at=4)
+    whole, resumed = interrupted_and_resumed(split, lambda c: build_method("dcd", c, teacher, rankings, options),
+                                             tmp_path, epochs=6, crash_at=4)
     assert strip(resumed.history) == strip(whole.history)
 
 
 def test_rows_spread_distils_every_row_once_per_epoch(split, teacher, rankings):
-    method = build_method("rrd", teacher, rankings, {"rows": "spread"})
-    trainer = Trainer(new_model(split, 4), split, config(), method=method)
-    method.on_train_start(trainer)
-    method.refresh(trainer, 0)
-    n_batches = -(-len(split.train.users) // trainer.config.batch_size)
+    method = build_method("rrd", distill_context(split), teacher, rankings, {"rows": "spread"})
+    n_batches = batches_per_epoch(split)
+    method.refresh(0, batches=n_batches)
     batch = Batch(torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([[2], [2]]))
     rows = []
     for _ in range(n_batches):
         rows.append(method.batch_rows(method.sides["user"], batch))
         method.schedule.next_batch()
     assert torch.equal(torch.cat(rows).sort().values, torch.arange(split.n_users))
+    # through loss(), once per batch: the same spread (told of n_batches, it refuses one more)
+    method.refresh(1, batches=n_batches)
+    seen = []
+    original = method.batch_rows
+    method.batch_rows = lambda side, batch: seen.append(original(side, batch)) or seen[-1]
+    for _ in range(n_batches):
+        method.loss(batch.users, batch.pos_items, batch.neg_items)
+    assert torch.equal(torch.cat(seen).sort().values, torch.arange(split.n_users))
+    with pytest.raises(ConfigError, match="got more"):
+        method.loss(batch.users, batch.pos_items, batch.neg_items)
 
 
 @pytest.mark.parametrize("model", ["neumf", "cdae"])
 def test_dcd_runs_with_other_students(split, teacher, rankings, model):
-    method = build_method("dcd", teacher, rankings)
     seed_everything(0)
     student = new_model(split, 4, name=model)
-    result = Trainer(student, split, config(epochs=2), method=method).fit()
+    result = Trainer(student, split, config(epochs=2),
+                     method=lambda context: build_method("dcd", context, teacher, rankings)).fit()
     assert {"rrd", "ucd", "icd"} <= set(result.history[0])
 
 
-def test_bad_method_options_are_config_errors(teacher, rankings):
+def test_bad_method_options_are_config_errors(split, teacher, rankings):
+    context = distill_context(split)
     with pytest.raises(ConfigError, match="unknown option"):
-        build_method("dcd", teacher, rankings, {"lambda_xyz": 1})
+        build_method("dcd", context, teacher, rankings, {"lambda_xyz": 1})
     with pytest.raises(ConfigError, match="rank_scope"):
-        build_method("dcd", teacher, rankings, {"rank_scope": "everything"})
+        build_method("dcd", context, teacher, rankings, {"rank_scope": "everything"})
     with pytest.raises(ConfigError, match="expected float"):
-        build_method("dcd", teacher, rankings, {"mu": "lots"})
-    with pytest.raises(ConfigError, match="needs a teacher"):
-        build_method("rrd", None, None)
+        build_method("dcd", context, teacher, rankings, {"mu": "lots"})
+    with pytest.raises(ConfigError, match="needs the teacher's rankings"):
+        build_method("rrd", context, None, None)
     with pytest.raises(ConfigError, match="unknown method"):
-        build_method("xyz", teacher, rankings)
+        build_method("xyz", context, teacher, rankings)
 
 
 # ---------------------------------------------------------------- option bounds

@@ -16,12 +16,13 @@ from rankdistill.methods import build_method, method_options
 from rankdistill.methods.combine import combine
 from rankdistill.methods.de import DE, Experts, annealed_temperature
 from rankdistill.methods.rd import position_weights, rd_weights, sampled_ranks
+from rankdistill.methods.base import Batch
 from rankdistill.methods.rrd import RRD
 from rankdistill.models import load_model
 from rankdistill.trainer import Trainer
 
 from conftest import DEVICES
-from distill_setup import config, interrupted_and_resumed, new_model, small_split, strip
+from distill_setup import config, distill_context, interrupted_and_resumed, new_model, small_split, strip
 
 
 
@@ -54,8 +55,8 @@ def test_distillation_loss_falls(split, teacher, rankings, case):
     name, options, expected = CASES[case]
     defaults = dataclasses.asdict(method_options(name))
     options = {**{key: 1.0 for key, value in defaults.items() if key.startswith("lambda_") and value > 0}, **options}
-    method = build_method(name, teacher, rankings, options)
-    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2), method=method).fit()
+    result = Trainer(new_model(split, 4), split, config(epochs=6, lr=5e-2),
+                     method=lambda context: build_method(name, context, teacher, rankings, options)).fit()
     assert loss_terms(result.history[0]) == expected
     for term in expected:
         values = np.array([r[term] for r in result.history])
@@ -64,8 +65,9 @@ def test_distillation_loss_falls(split, teacher, rankings, case):
 
 @pytest.mark.parametrize("name", ["rd", "cd", "de", "de-rrd"])
 def test_methods_train_a_neumf_student(split, teacher, rankings, name):
-    method = build_method(name, teacher, rankings, {"warmup": 0} if name == "rd" else {})
-    result = Trainer(new_model(split, 4, name="neumf"), split, config(epochs=2), method=method).fit()
+    options = {"warmup": 0} if name == "rd" else {}
+    result = Trainer(new_model(split, 4, name="neumf"), split, config(epochs=2),
+                     method=lambda context: build_method(name, context, teacher, rankings, options)).fit()
     assert all(math.isfinite(r[term]) for r in result.history for term in loss_terms(r))
 
 
@@ -73,8 +75,9 @@ def test_methods_train_a_neumf_student(split, teacher, rankings, name):
 @pytest.mark.parametrize("name", ["rd", "cd", "de-rrd"])
 def test_methods_run_on_each_device(split, teacher, rankings, name, device):
     options = {"warmup": 0, "rank_estimate": "sampled"} if name == "rd" else {}
-    method = build_method(name, copy.deepcopy(teacher), rankings, options)
-    result = Trainer(new_model(split, 4), split, config(epochs=1, device=device), method=method).fit()
+    result = Trainer(new_model(split, 4), split, config(epochs=1, device=device),
+                     method=lambda context: build_method(name, context, copy.deepcopy(teacher), rankings,
+                                                         options)).fit()
     assert all(math.isfinite(result.history[0][term]) for term in loss_terms(result.history[0]))
 
 
@@ -102,11 +105,10 @@ def test_rd_sampled_rank_estimate_hand_case():
 
 
 def test_rd_loss_uses_exact_catalogue_ranks(split, teacher, rankings):
-    method = build_method("rd", teacher, rankings, {"warmup": 0, "positives": 5, "mu": 0.05, "rows": "batch"})
     student = new_model(split, 4)
-    trainer = Trainer(student, split, config(), method=method)
-    method.on_train_start(trainer)
-    method.refresh(trainer, 0)
+    method = build_method("rd", distill_context(split, student), teacher, rankings,
+                          {"warmup": 0, "positives": 5, "mu": 0.05, "rows": "batch"})
+    method.refresh(0)
     with torch.no_grad():
         scores = student.score_all(torch.arange(split.n_users))
     seen = torch.zeros_like(scores, dtype=torch.bool)
@@ -121,9 +123,12 @@ def test_rd_loss_uses_exact_catalogue_ranks(split, teacher, rankings):
     weights = torch.exp(-torch.arange(1, 6) / 1.0)
     weights = weights / weights.sum() * torch.tanh(torch.clamp(0.05 * (ranks - torch.arange(5)), min=0))
     users = torch.tensor([0, 3, 3, 7])
-    batch = type("B", (), {"users": users, "pos_items": users, "neg_items": users[:, None]})()
+    batch = Batch(users, users, users[:, None])
     expected = -(weights * F.logsigmoid(target)).sum(dim=1)[torch.tensor([0, 3, 7])].mean()
     torch.testing.assert_close(method.losses(student, batch)["rd"], expected)
+    # the public face: the same term, weighted by lambda_rd, on the context's student
+    torch.testing.assert_close(method.loss(batch.users, batch.pos_items, batch.neg_items)["rd"],
+                               method.options.lambda_rd * expected)
 
 
 # ---------------------------------------------------------------- DE
@@ -156,23 +161,29 @@ def test_de_selection_becomes_one_hot_as_the_temperature_falls():
 
 
 def test_de_anneals_over_the_run_and_logs_the_selection(split, teacher, rankings):
-    method = build_method("de", teacher, rankings, {"anneal_epochs": 3})
-    result = Trainer(new_model(split, 4), split, config(epochs=4), method=method).fit()
+    result = Trainer(new_model(split, 4), split, config(epochs=4),
+                     method=lambda context: build_method("de", context, teacher, rankings, {"anneal_epochs": 3})).fit()
     taus = [r["de_tau"] for r in result.history]
     assert taus == pytest.approx([1.0, 1e-10 ** (1 / 3), 1e-10 ** (2 / 3), 1e-10])
     assert result.history[-1]["de_selection"] == 1.0 > result.history[0]["de_selection"]
 
 
 def test_de_adds_no_parameters_to_the_student(split, teacher, rankings, tmp_path):
-    method = build_method("de", teacher, rankings, {"experts": 5})
     student = new_model(split, 4)
     plain = student.num_parameters()
-    before = [p.detach().clone() for p in method.parameters()]
-    assert before == []  # built with the student, at the start of training
-    Trainer(student, split, config(epochs=2), method=method, out_dir=tmp_path).fit()
-    params = list(method.parameters())
+    trainer = Trainer(student, split, config(epochs=2), out_dir=tmp_path,
+                      method=lambda context: build_method("de", context, teacher, rankings, {"experts": 5}))
+    method = trainer.method
     n_experts = 2 * 5 * ((4 * 10 + 10) + (10 * 16 + 16)) + 2 * (16 * 5 + 5)  # users and items: d_s=4, d_t=16
+    # built with the student (in its context), and the method's own, not the student's
+    before = [p.detach().clone() for p in method.parameters()]
+    assert sum(p.numel() for p in before) == n_experts
+    assert not {id(p) for p in method.parameters()} & {id(p) for p in student.parameters()}
+    assert student.num_parameters() == plain
+    trainer.fit()
+    params = list(method.parameters())
     assert sum(p.numel() for p in params) == n_experts
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))  # trained by the same optimizer
     assert student.num_parameters() == plain
     saved, info = load_model(tmp_path / "best.pt")
     assert saved.num_parameters() == plain == info["num_parameters"]
@@ -184,24 +195,23 @@ def test_de_needs_representations(split, teacher, rankings):
         def user_representation(self, users):
             raise NotImplementedError
     student = Opaque(split.n_users, split.n_items, 4)
-    method = build_method("de", teacher, rankings)
     with pytest.raises(ConfigError, match="user representations"):
-        Trainer(student, split, config(), method=method).fit()
+        Trainer(student, split, config(), method=lambda context: build_method("de", context, teacher, rankings)).fit()
 
 
 @pytest.mark.parametrize("name", ["de", "de-rrd"])
 def test_resume_is_exact(split, teacher, rankings, tmp_path, name):
     options = {"experts": 4, "anneal_epochs": 4}
-    whole, resumed = interrupted_and_resumed(split, lambda: build_method(name, teacher, rankings, options), tmp_path,
-                                             epochs=5, crash_at=3, resume_seed=9)
+    whole, resumed = interrupted_and_resumed(split, lambda c: build_method(name, c, teacher, rankings, options),
+                                             tmp_path, epochs=5, crash_at=3, resume_seed=9)
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.test == whole.test
 
 
 # ---------------------------------------------------------------- combining methods
 
-def test_combined_method_is_the_union_of_its_members(teacher, rankings):
-    method = build_method("de-rrd", teacher, rankings, {"lambda_rrd": 0.5, "experts": 3})
+def test_combined_method_is_the_union_of_its_members(split, teacher, rankings):
+    method = build_method("de-rrd", distill_context(split), teacher, rankings, {"lambda_rrd": 0.5, "experts": 3})
     assert [type(part) for part in method.parts] == [DE, RRD]
     assert all(part.options is method.options for part in method.parts)
     assert method.options.lambda_rrd == 0.5 and method.options.experts == 3
@@ -218,7 +228,8 @@ def test_combined_method_is_the_union_of_its_members(teacher, rankings):
         combine(DE, Other)
 
 
-def test_bad_options_are_config_errors(teacher, rankings):
+def test_bad_options_are_config_errors(split, teacher, rankings):
+    context = distill_context(split)
     cases = [("rd", {"rank_estimate": "guess"}, "rank_estimate"), ("rd", {"positives": 0}, "positives"),
              ("rd", {"mu": 0}, "mu"), ("cd", {"samples": 0}, "samples"), ("cd", {"temperature": 0}, "temperature"),
              ("de", {"experts": 0}, "experts"), ("de", {"tau_end": 0}, "tau_end"),
@@ -226,7 +237,11 @@ def test_bad_options_are_config_errors(teacher, rankings):
              ("de-rrd", {"lambda_ucd": 1}, "unknown option"), ("de", {"experts": "many"}, "expected int")]
     for name, options, message in cases:
         with pytest.raises(ConfigError, match=message):
-            build_method(name, teacher, rankings, options)
+            build_method(name, context, teacher, rankings, options)
     for name in ("rd", "cd", "de", "de-rrd"):
-        with pytest.raises(ConfigError, match="needs a teacher"):
-            build_method(name, None, None)
+        with pytest.raises(ConfigError, match="needs the teacher's rankings"):
+            build_method(name, context, None, None)
+    # CD's labels and DE's representations are the teacher's own: its rankings are not enough
+    for name, message in (("cd", "needs the teacher"), ("de", "needs a teacher"), ("de-rrd", "needs a teacher")):
+        with pytest.raises(ConfigError, match=message):
+            build_method(name, context, None, rankings)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from rankdistill.errors import ConfigError
 from rankdistill.models import BPR, MODELS, build_model, load_model, save_model
-from rankdistill.models import base as models_base
+from rankdistill import blocks
 
 N_USERS, N_ITEMS = 7, 13
 # user u interacted with items u, u+1, u+2 (mod N_ITEMS)
@@ -41,7 +41,7 @@ def test_score_all_blocks_give_the_same_scores(name, monkeypatch):
     users = torch.arange(N_USERS)
     with torch.no_grad():
         whole = model.score_all(users)
-        monkeypatch.setattr(models_base, "SCORE_ALL_BUDGET", 1)  # one user per block
+        monkeypatch.setattr(blocks, "SCORE_ALL_BUDGET", 1)  # one user per block
         blocked = model.score_all(users)
     assert torch.allclose(whole, blocked, atol=1e-6)
 

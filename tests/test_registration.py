@@ -1,7 +1,6 @@
 """The ops as PyTorch custom ops: opcheck (schema, fake kernels, autograd
 registration, AOT dispatch) and torch.compile(fullgraph=True)."""
 
-import pytest
 import torch
 
 from rankdistill import ops

@@ -17,9 +17,12 @@ from rankdistill.errors import ConfigError, DataError, TrainingDiverged
 from rankdistill.evaluation import Evaluator
 from rankdistill.io import run_folder_lock, torch_load, torch_save
 from rankdistill.methods import compute_rankings, load_or_compute_rankings
+from rankdistill.methods.base import Distillation
 from rankdistill.models import BPR, load_model
 from rankdistill.split import Split, leave_one_out
-from rankdistill.trainer import Method, TrainConfig, Trainer
+from rankdistill.trainer import TrainConfig, Trainer
+
+from distill_setup import write_users_dat
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,12 +50,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def users_dat(data, tmp_path_factory):
-    lines = [[] for _ in range(data.n_users)]
-    for u, i in zip(data.users.tolist(), data.items.tolist()):
-        lines[u].append(i)
-    path = tmp_path_factory.mktemp("data") / "users.dat"
-    path.write_text("".join(f"{len(items)} {' '.join(map(str, items))}\n" for items in lines))
-    return path
+    return write_users_dat(data, tmp_path_factory.mktemp("data") / "users.dat")
 
 
 COMMON = ["--eval-candidates", "50", "--dim", "8", "--lr", "0.02", "--no-progress", "-q"]
@@ -97,18 +95,20 @@ def test_evaluation_refuses_infinite_scores(data):
         Evaluator(split).evaluate(model, "valid")
 
 
-class _NanFromEpoch(Method):
+class _NanFromEpoch(Distillation):
     """A stand-in method whose term turns NaN from epoch ``start`` on."""
 
     name = "nan-term"
 
-    def __init__(self, start):
+    def __init__(self, context, start):
+        super().__init__(context)
         self.start, self.epoch = start, 0
 
-    def refresh(self, trainer, epoch):
+    def refresh(self, epoch, *, batches=None):
+        super().refresh(epoch, batches=batches)
         self.epoch = epoch
 
-    def extra_loss(self, trainer, batch):
+    def losses(self, model, batch):
         value = float("nan") if self.epoch >= self.start else 0.0
         return {"weird": torch.tensor(value)}
 
@@ -116,7 +116,7 @@ class _NanFromEpoch(Method):
 def test_training_stops_at_the_first_non_finite_loss_keeping_the_last_good_checkpoint(data, tmp_path):
     split = leave_one_out(data, seed=0, n_candidates=50)
     trainer = Trainer(BPR(split.n_users, split.n_items, 4), split, TrainConfig(epochs=5, lr=0.01),
-                      method=_NanFromEpoch(start=2), out_dir=tmp_path)
+                      method=lambda context: _NanFromEpoch(context, start=2), out_dir=tmp_path)
     with pytest.raises(TrainingDiverged) as caught:
         trainer.fit()
     message = str(caught.value)

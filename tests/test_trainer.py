@@ -1,7 +1,8 @@
-"""The training loop: method hooks, early stopping, outputs, exact resume, and
-an end-to-end run on real data."""
+"""The training loop: the method's calls, early stopping (with a co-trained
+model), outputs, exact resume, and an end-to-end run on real data."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from rankdistill.errors import ConfigError
 from rankdistill.evaluation import Evaluator
 from rankdistill.models import Recommender, build_model, load_model
 from rankdistill.split import leave_one_out
-from rankdistill.trainer import Method, TrainConfig, Trainer, _adam, seed_everything
+from rankdistill.methods.base import Distillation
+from rankdistill.trainer import TrainConfig, Trainer, _adam, seed_everything
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -39,15 +41,18 @@ class Crash(Exception):
     pass
 
 
-class CrashAt(Method):
-    """Interrupts training at the start of one epoch, like a killed process."""
+class CrashAt(Distillation):
+    """The plain model's method, interrupting training at the start of one
+    epoch, like a killed process."""
 
-    def __init__(self, epoch):
+    def __init__(self, context, epoch):
+        super().__init__(context)
         self.epoch = epoch
 
-    def refresh(self, trainer, epoch):
+    def refresh(self, epoch, *, batches=None):
         if epoch == self.epoch:
             raise Crash
+        super().refresh(epoch, batches=batches)
 
 
 @pytest.mark.parametrize("name", ["bpr", "cdae"])  # cdae also draws from torch's global generator
@@ -55,7 +60,8 @@ def test_resume_gives_exactly_the_uninterrupted_result(split, tmp_path, name):
     whole = Trainer(new_model(split, name), split, config(), out_dir=tmp_path / "whole").fit()
 
     with pytest.raises(Crash):
-        Trainer(new_model(split, name), split, config(), method=CrashAt(3), out_dir=tmp_path / "cut").fit()
+        Trainer(new_model(split, name), split, config(), method=lambda context: CrashAt(context, 3),
+                out_dir=tmp_path / "cut").fit()
     torch.manual_seed(12345)  # the resumed process starts with other global RNG states
     np.random.seed(12345)
     model = new_model(split, name, seed=99)  # and another initialisation: the checkpoint must win
@@ -78,35 +84,62 @@ def test_resume_refuses_a_different_run(split, tmp_path):
         Trainer(new_model(split), split, config(epochs=4, lr=0.5), out_dir=tmp_path).fit(resume=True)
 
 
-class Recorder(Method):
+class Recorder(Distillation):
     """Adds a weighted penalty with its own trainable parameter and records calls."""
 
     name = "recorder"
-    refresh_every = 2
 
-    def __init__(self):
-        self.refreshed = []
+    def __init__(self, context):
+        super().__init__(context)
+        self.refreshed = []  # (epoch, batches) of each refresh
+        self.batches = []  # losses() calls in each epoch
+        self.models = set()  # the models losses() was given
         self.scale = torch.nn.Parameter(torch.tensor(1.0))
 
-    def refresh(self, trainer, epoch):
-        self.refreshed.append(epoch)
+    def refresh(self, epoch, *, batches=None):
+        super().refresh(epoch, batches=batches)
+        self.refreshed.append((epoch, batches))
+        self.batches.append(0)
 
-    def extra_loss(self, trainer, batch):
-        penalty = (self.scale - 3.0) ** 2 + 0.0 * trainer.model.score(batch.users, batch.pos_items).sum()
+    def losses(self, model, batch):
+        self.batches[-1] += 1
+        self.models.add(id(model))
+        penalty = (self.scale - 3.0) ** 2 + 0.0 * model.score(batch.users, batch.pos_items).sum()
         return {"penalty": 0.5 * penalty}
 
     def parameters(self):
         return [self.scale]
 
 
-def test_method_hooks_are_called_trained_and_logged(split):
-    method = Recorder()
-    result = Trainer(new_model(split), split, config(epochs=5, lr=0.1), method=method).fit()
-    assert method.refreshed == [0, 2, 4]
+def test_method_is_called_trained_and_logged(split):
+    trainer = Trainer(new_model(split), split, config(epochs=5, lr=0.1), method=Recorder)
+    method = trainer.method
+    assert isinstance(method, Recorder) and method.context.generator is trainer.generator
+    result = trainer.fit()
+    n_batches = math.ceil(len(split.train.users) / 256)
+    # refreshed before every epoch (a method schedules its own work, e.g. DCD's
+    # correct_every), told the epoch's batches, then asked once per batch
+    assert method.refreshed == [(epoch, n_batches) for epoch in range(5)]
+    assert method.batches == [n_batches] * 5
+    assert method.models == {id(trainer.model)}  # the student's terms are on the student
     assert abs(method.scale.item() - 3.0) < abs(1.0 - 3.0) / 2  # the optimizer trains method parameters
     penalties = [r["penalty"] for r in result.history]
     assert penalties[0] > penalties[-1] >= 0
     assert all("loss" in r for r in result.history)
+
+
+def test_optimizer_factory_gets_the_models_then_the_methods_parameters(split):
+    given = []
+
+    def sgd(params):
+        given.append(list(params))
+        return torch.optim.SGD(params, lr=0.1)
+    trainer = Trainer(new_model(split), split, config(epochs=1), method=Recorder, optimizer=sgd)
+    start = trainer.method.scale.item()
+    trainer.fit()
+    assert len(given) == 1 and isinstance(trainer.optimizer, torch.optim.SGD)
+    assert [id(p) for p in given[0]] == [id(p) for p in [*trainer.model.parameters(), trainer.method.scale]]
+    assert trainer.method.scale.item() != start
 
 
 def test_early_stopping_and_best_epoch_follow_validation(split):
@@ -118,29 +151,72 @@ def test_early_stopping_and_best_epoch_follow_validation(split):
     assert result.valid["H@5"] == max(valid)
 
 
-class SecondModel(Method):
-    """A stand-in for BD's co-trained teacher: it 'improves' until epoch ``until``."""
+class Revealing(Recommender):
+    """A model whose validation H@5 is the share of the first ``shown`` users
+    (of ``split.eval_users``): their validation item scores above every
+    candidate, every other user's below."""
 
-    def __init__(self, until: int) -> None:
-        self.until, self.bad = until, 0
+    name = "revealing"
 
-    def on_validate(self, trainer, epoch, record):
-        self.bad = 0 if epoch < self.until else self.bad + 1
+    def __init__(self, split):
+        super().__init__(split.n_users, split.n_items, dim=1)
+        eval_users = torch.as_tensor(split.eval_users)
+        valid_item = torch.full((split.n_users,), -1, dtype=torch.int64)
+        valid_item[eval_users] = torch.as_tensor(split.valid_items, dtype=torch.int64)
+        order = torch.full((split.n_users,), split.n_users, dtype=torch.int64)
+        order[eval_users] = torch.arange(len(eval_users))
+        self.register_buffer("valid_item", valid_item)
+        self.register_buffer("order", order)
+        self.register_buffer("shown", torch.tensor(0))
+        self.unused = torch.nn.Parameter(torch.zeros(1))
 
-    def co_trained_bad_evals(self):
-        return self.bad
+    def score_items(self, users, items):
+        target = items == self.valid_item[users][:, None]
+        shown = (self.order[users] < self.shown)[:, None]
+        return torch.where(target, torch.where(shown, 1.0, -1.0), 0.0) + 0.0 * self.unused
+
+    def _score_all_block(self, users):
+        return self.score_items(users, torch.arange(self.n_items, device=users.device).expand(len(users), -1))
+
+
+class SecondModel(Distillation):
+    """A stand-in for BD, whose ``co_trained()`` model (its teacher) the trainer
+    validates too: here one that improves at every validation until epoch
+    ``until`` and stays the same after it."""
+
+    def __init__(self, context, split, until):
+        super().__init__(context)
+        self.until = until
+        self.second = Revealing(split)
+
+    def refresh(self, epoch, *, batches=None):
+        super().refresh(epoch, batches=batches)
+        self.second.shown.fill_(min(epoch, self.until - 1) + 1)
+
+    def co_trained(self):
+        return {"second": self.second}
 
 
 def test_early_stopping_waits_for_a_co_trained_model(split):
     alone = Trainer(new_model(split), split, config(epochs=60, lr=0.05, patience=2)).fit()
     stop_alone = len(alone.history)
     until = stop_alone + 3
-    both = Trainer(new_model(split), split, config(epochs=60, lr=0.05, patience=2), method=SecondModel(until)).fit()
+    trainer = Trainer(new_model(split), split, config(epochs=60, lr=0.05, patience=2),
+                      method=lambda context: SecondModel(context, split, until))
+    both = trainer.fit()
     # the student's plateau alone no longer stops the run: it goes on until the
     # second model too has had `patience` validations without a gain
     assert both.stopped_early and len(both.history) == until + 2
     assert [(r["loss"], r["valid"]) for r in both.history[:stop_alone]] == \
         [(r["loss"], r["valid"]) for r in alone.history]  # the same run until then
+    # the second model is validated, selected and tested on its own
+    n_eval = len(split.eval_users)
+    assert [r["second_valid"]["H@5"] for r in both.history] == \
+        pytest.approx([min(epoch + 1, until) / n_eval for epoch in range(until + 2)])
+    assert trainer.trackers["second"].bad_evals == 2 and trainer.trackers["model"].bad_evals >= 2
+    assert both.extra["second_best_epoch"] == until - 1
+    assert both.extra["second_valid"]["H@5"] == pytest.approx(until / n_eval)
+    assert set(both.extra["second_test"]) == set(both.test)
 
 
 def test_eval_every_and_outputs(split, tmp_path):

@@ -2,7 +2,8 @@
 
 Each name is a method class and a preset of its options; the DCD paper's
 ablations and the authors'-code mode are presets of DCD. ``build_method``
-makes one from a name, the frozen teacher, its rankings and option overrides.
+makes one from a name, the context it runs in, the teacher, its rankings and
+option overrides.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..models import Recommender
-from .base import Distillation, MethodOptions
+from ..scoring import Scorer
+from .base import DistillContext, Distillation, MethodOptions
 from .bd import BD, IBD
 from .cd import CD
 from .dcd import DCD
@@ -21,8 +22,9 @@ from .rankings import DEFAULT_TOP, TeacherRankings, compute_rankings, load_or_co
 from .rd import RD
 from .rrd import RRD
 
-__all__ = ["METHODS", "DEFAULT_TOP", "Distillation", "MethodSpec", "TeacherRankings", "build_method",
-           "compute_rankings", "load_or_compute_rankings"]
+__all__ = ["BD", "CD", "DCD", "DE", "DERRD", "DEFAULT_TOP", "IBD", "METHODS", "RD", "RRD", "DistillContext",
+           "Distillation", "MethodOptions", "MethodSpec", "TeacherRankings", "build_method", "compute_rankings",
+           "load_or_compute_rankings", "method_options"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,14 @@ def method_options(name: str, overrides: dict[str, Any] | None = None) -> Method
     return spec.cls.Options.from_dict({**spec.preset, **(overrides or {})})
 
 
-def build_method(name: str, teacher: Recommender | None, rankings: TeacherRankings | None,
-                 overrides: dict[str, Any] | None = None) -> Distillation:
-    spec = METHODS.get(name)
+def build_method(name: str, context: DistillContext, teacher: Scorer | None = None,
+                 rankings: TeacherRankings | None = None, overrides: dict[str, Any] | None = None) -> Distillation:
+    """Method ``name`` (see ``METHODS``: presets and ablations included) with
+    its options (defaults, preset, then ``overrides``), in ``context``."""
     options = method_options(name, overrides)
+    spec = METHODS[name]
     if spec.cls is not Distillation and rankings is None and spec.cls.needs_rankings:
-        raise ConfigError(f"method {name!r} needs a teacher (--teacher)")
-    method = spec.cls(teacher, rankings, options)
+        raise ConfigError(f"method {name!r} needs the teacher's rankings (--teacher)")
+    method = spec.cls(context, teacher, rankings, options)
     method.name = name
     return method

@@ -1,5 +1,16 @@
-"""What every distillation method shares: the two sides of the data, the
-frozen teacher with its rankings, options, and the discrepancy diagnostic.
+"""What every distillation method shares: the context it runs in, the two
+sides of the data, the teacher with its rankings, options, the batch schedule
+and the discrepancy diagnostic.
+
+A method is used the same way by rankdistill's trainer and by your own loop::
+
+    context = DistillContext(student, interactions, generator=generator)
+    method = RRD(context, rankings=rankings)          # or build_method("rrd", ...)
+    for epoch in range(epochs):
+        method.refresh(epoch, batches=n_batches)      # the epoch's samples, corrections, rounds
+        for users, pos_items, neg_items in batches:
+            terms = method.loss(users, pos_items, neg_items)   # {"rrd": lambda * L_RRD}
+            (base_loss + sum(terms.values())).backward()
 
 A *side* is one direction of the interaction matrix. On the user side the rows
 are users and the columns items; on the item side the rows are items and the
@@ -16,38 +27,35 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
-import numpy as np
 import torch
+from torch import nn
 
+from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError
-from ..models import Recommender
-from ..models.base import SCORE_ALL_BUDGET
 from ..ops import rank_positions, relaxed_listmle
+from ..scoring import InteractionMatrix, Scorer, as_interactions
 from ..unobserved import ObservedItems
 from .rankings import TeacherRankings
 
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
-
-from ..trainer import Method
-
-__all__ = ["AT_LEAST_ONE", "NON_NEGATIVE", "POSITIVE", "SIDES", "Distillation", "LowerBound", "MethodOptions",
-           "RowSchedule", "Side", "evaluation_mode", "listwise_losses", "option"]
+__all__ = ["AT_LEAST_ONE", "NON_NEGATIVE", "POSITIVE", "SIDES", "Batch", "DistillContext", "Distillation",
+           "LowerBound", "MethodOptions", "RowSchedule", "Side", "evaluation_mode", "listwise_losses", "option"]
 
 log = logging.getLogger("rankdistill")
 
 SIDES = ("user", "item")
 # Ranks of the teacher's top entries that the diagnostic averages over (DCD Figure 1a).
 DIAGNOSTIC_TOP = 50
-# Diagnostics slower than this and than a training pass are pointed out once (NeuMF on a CPU: ~60 s).
-DIAGNOSTIC_NOTE_SECONDS = 1.0
 
 
 @contextlib.contextmanager
-def evaluation_mode(model: Recommender) -> Iterator[None]:
+def evaluation_mode(model: Any) -> Iterator[None]:
     """No gradients and no training-time noise (CDAE's dropout) while ranking."""
+    if not isinstance(model, nn.Module):  # a scorer that is not a module has no modes
+        with torch.no_grad():
+            yield
+        return
     was_training = model.training
     model.eval()
     try:
@@ -57,23 +65,75 @@ def evaluation_mode(model: Recommender) -> Iterator[None]:
         model.train(was_training)
 
 
+class DistillContext:
+    """What a method may read of the run it serves, and nothing else.
+
+    Args:
+        student: the model being trained, as a ``rankdistill.scoring.Scorer``
+            (rankdistill's models are scorers; ``EmbeddingScorer`` adapts
+            others).
+        interactions: the training interactions: an ``InteractionMatrix``, an
+            ``Interactions`` or a ``Split`` (its training part). Rankings are
+            over each user's *unobserved* items.
+        device: where the method's tensors live (default: the generator's, else CPU).
+        generator: every random draw of the method (sampling, permutations,
+            Gumbel noise) comes from it; default: a new one seeded with ``seed``.
+            Checkpoint it to resume exactly.
+        seed: seeds what a method initialises from its own stream (DE's
+            experts; BD's fresh teacher uses ``seed + 1``).
+        epochs: the run's length, where a method schedules by it (DE's
+            annealing, when its ``anneal_epochs`` is 0).
+    """
+
+    def __init__(self, student: Scorer, interactions: Any, *, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None, seed: int = 0, epochs: int | None = None) -> None:
+        if device is None:
+            device = generator.device if generator is not None else "cpu"
+        self.device = torch.device(device)
+        if generator is not None and generator.device.type != self.device.type:
+            raise ConfigError(f"the generator is on {generator.device}, the method's tensors on {self.device}: "
+                              "pass a generator of that device")
+        self.generator = generator if generator is not None else torch.Generator(self.device).manual_seed(seed)
+        for name in ("score_items", "score_users", "score_all", "score_all_users"):
+            if not callable(getattr(student, name, None)):
+                raise ConfigError(f"the student must be a Scorer (rankdistill.scoring): it has no {name}(); "
+                                  "wrap your model in rankdistill.EmbeddingScorer or implement the four methods")
+        self.student = student
+        self.interactions: InteractionMatrix = as_interactions(interactions, self.device)
+        self.seed = int(seed)
+        self.epochs = epochs
+
+
+@dataclass
+class Batch:
+    """One mini-batch of training pairs: positives ``users[b], pos_items[b]``
+    and negatives ``neg_items[b, :]`` (the item lists may be None for
+    methods that only read the users)."""
+
+    users: torch.Tensor
+    pos_items: torch.Tensor | None = None
+    neg_items: torch.Tensor | None = None
+
+
 class Side:
-    """One side of the data on the trainer's device: the teacher's top-C
+    """One side of the data on the method's device: the teacher's top-C
     columns per row (``top``), the observed columns per row (CSR and a
     membership test) and how a model scores rows against columns."""
 
-    def __init__(self, name: str, top: torch.Tensor, observed_csr: tuple[np.ndarray, np.ndarray],
-                 n_cols: int, device: torch.device) -> None:
+    def __init__(self, name: str, top: torch.Tensor, interactions: InteractionMatrix) -> None:
         if name not in SIDES:
             raise ValueError(f"side must be one of {SIDES}, got {name!r}")
+        device = interactions.device
         self.name = name
         self.top = top.to(device)
-        self.n_rows, self.n_cols = self.top.shape[0], n_cols
-        indptr, indices = observed_csr
-        self.indptr = torch.as_tensor(indptr, device=device)
-        self.indices = torch.as_tensor(indices, device=device)
+        self.indptr, self.indices = interactions.csr(name)
+        self.n_rows = len(self.indptr) - 1
+        self.n_cols = interactions.n_items if name == "user" else interactions.n_users
+        if self.top.dim() != 2 or self.top.shape[0] != self.n_rows:
+            raise ConfigError(f"the teacher's {name}-side lists must be [{self.n_rows}, C], got "
+                              f"{list(self.top.shape)}")
         self.observed_rows = torch.repeat_interleave(torch.arange(self.n_rows, device=device), self.indptr.diff())
-        self.observed = ObservedItems(self.observed_rows, self.indices, self.n_rows, n_cols, device)
+        self.observed = ObservedItems(self.observed_rows, self.indices, self.n_rows, self.n_cols, device)
         self.teacher_rank = torch.arange(self.top.shape[1], device=device).expand_as(self.top).contiguous()
         self.padding = self.top < 0
 
@@ -90,38 +150,33 @@ class Side:
         return ObservedItems(torch.cat([self.observed_rows, rows[:, None].expand_as(self.top)[listed]]),
                              torch.cat([self.indices, self.top[listed]]), self.n_rows, self.n_cols, self.device)
 
-    def scores(self, model: Recommender, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def scores(self, model: Scorer, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``[R, M]`` scores of row ``rows[r]`` against columns ``cols[r, :]``
         (-1 padding scores as column 0: mask it)."""
         cols = cols.clamp_min(0)
         return model.score_items(rows, cols) if self.name == "user" else model.score_users(rows, cols)
 
-    def score_all(self, model: Recommender, rows: torch.Tensor) -> torch.Tensor:
+    def score_all(self, model: Scorer, rows: torch.Tensor) -> torch.Tensor:
         return model.score_all(rows) if self.name == "user" else model.score_all_users(rows)
 
-    def catalogue_ranks(self, model: Recommender, targets: torch.Tensor) -> torch.Tensor:
+    def catalogue_ranks(self, model: Scorer, targets: torch.Tensor) -> torch.Tensor:
         """``[n_rows, T]``: each target column's 0-based position in the model's
         ranking of all columns of its row, observed columns excluded (padding
         -1 gets a meaningless rank: mask it)."""
         out = torch.empty(targets.shape, dtype=torch.int64, device=self.device)
-        block = max(1, SCORE_ALL_BUDGET // self.n_cols)
         with evaluation_mode(model):
-            for start in range(0, self.n_rows, block):
-                stop = min(start + block, self.n_rows)
+            for start, stop in row_blocks(self.n_rows, self.n_cols):
                 scores = self.score_all(model, torch.arange(start, stop, device=self.device))
-                exclude = (self.indptr[start:stop + 1] - self.indptr[start],
-                           self.indices[self.indptr[start]:self.indptr[stop]])
+                exclude = csr_rows(self.indptr, self.indices, start, stop)
                 out[start:stop] = rank_positions(scores, targets[start:stop].clamp_min(0), exclude=exclude)
         return out
 
-    def candidate_ranks(self, model: Recommender, candidates: torch.Tensor) -> torch.Tensor:
+    def candidate_ranks(self, model: Scorer, candidates: torch.Tensor) -> torch.Tensor:
         """``[n_rows, C]``: each candidate's position in the model's ranking of
         its row's candidates only (padding ranks last)."""
         out = torch.empty(candidates.shape, dtype=torch.int64, device=self.device)
-        block = max(1, SCORE_ALL_BUDGET // max(1, candidates.shape[1]))
         with evaluation_mode(model):
-            for start in range(0, self.n_rows, block):
-                stop = min(start + block, self.n_rows)
+            for start, stop in row_blocks(self.n_rows, candidates.shape[1]):
                 cols = candidates[start:stop]
                 scores = self.scores(model, torch.arange(start, stop, device=self.device), cols)
                 out[start:stop] = rank_positions(scores.masked_fill(cols < 0, -torch.inf))
@@ -131,9 +186,9 @@ class Side:
 class RowSchedule:
     """Which rows of each side a training batch distils (``MethodOptions.rows``).
 
-    ``spread`` draws each side's permutation from ``trainer.generator`` the
+    ``spread`` draws each side's permutation from the context's generator the
     first time a batch asks for that side, so a method that distils nothing
-    (the plain student) draws nothing and trains exactly like ``Method()``.
+    (the plain student) draws nothing and trains exactly like no method.
     """
 
     def __init__(self, mode: str) -> None:
@@ -143,10 +198,10 @@ class RowSchedule:
         self._n_batches = 1
         self._permutations: dict[str, list[torch.Tensor]] = {}
 
-    def start_epoch(self, trainer: "Trainer") -> None:
+    def start_epoch(self, generator: torch.Generator, n_batches: int) -> None:
         self.index = 0
-        self._generator = trainer.generator
-        self._n_batches = -(-len(trainer.train_users) // trainer.config.batch_size)
+        self._generator = generator
+        self._n_batches = n_batches
         self._permutations = {}
 
     def next_batch(self) -> None:
@@ -160,10 +215,13 @@ class RowSchedule:
         if side not in self._permutations:
             order = torch.randperm(n_rows, generator=self._generator, device=batch_ids.device)
             self._permutations[side] = order.tensor_split(self._n_batches)
+        if self.index >= self._n_batches:
+            raise ConfigError(f"rows='spread' was told of {self._n_batches} batches per epoch "
+                              "(refresh(epoch, batches=N)) and got more")
         return self._permutations[side][self.index]
 
 
-def listwise_losses(model: Recommender, side: Side, rows: torch.Tensor,
+def listwise_losses(model: Scorer, side: Side, rows: torch.Tensor,
                     lists: list[tuple[torch.Tensor, torch.Tensor]], reduction: str) -> list[torch.Tensor]:
     """Relaxed ListMLE of the model's scores for each ``(ranked, tail)`` pair
     of ``[n_rows, *]`` column lists (-1 padded): ``ranked[rows]``, in the
@@ -270,24 +328,50 @@ def _convert(f: dataclasses.Field, value: Any) -> Any:
         raise ConfigError(f"option {f.name}: expected {kind.__name__}, got {value!r}") from None
 
 
-class Distillation(Method):
-    """A method that learns from a frozen teacher through its rankings.
+class Distillation:
+    """A distillation method: the plain student itself (``Distillation``: no
+    term, only the diagnostics when rankings are given), and the base of every
+    method.
 
-    Subclasses set ``name``, ``Options`` (a ``MethodOptions`` dataclass) and override ``resample`` (called
-    before every epoch) and ``losses``. ``self.sides`` holds the two sides on
-    the trainer's device once training starts.
+    Args:
+        context: the run it serves (``DistillContext``: student,
+            interactions, device, generator, seed, epochs).
+        teacher: the teacher as a scorer (read by CD's soft labels and DE's
+            representations; trained by BD and iBD). None for methods that
+            read only its rankings.
+        rankings: its top-C lists (``TeacherRankings``; ``compute_rankings``
+            makes them). The item side's may be None when no item-side term is on.
+        options: this method's ``Options`` (default: the papers' values).
+
+    Per epoch call ``refresh(epoch, batches=...)``; per batch ``loss(users,
+    pos_items, neg_items)``, which returns the weighted distillation terms
+    (``lambda_x * L_x``) by name, to add to the student's own loss.
+    ``parameters()`` are the method's own trainable parameters (DE's experts,
+    BD's teacher): give them to the optimizer. ``state_dict()`` holds what
+    later epochs depend on (samples kept across epochs, experts, BD's teacher
+    and sets); with the generator's state it resumes a run exactly.
+    ``epoch_log()``: numbers worth recording for the epoch (diagnostics).
+    ``co_trained()``: models the method trains besides the student (BD's
+    teacher), which a trainer validates, selects and saves like the student.
+
+    Subclasses set ``name`` and ``Options`` and override ``resample`` (the
+    epoch's draws) and ``losses``; ``self.sides`` holds the two sides.
     """
 
     name = "student"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    refresh_every = 1
     # A method that trains the teacher too (BD, iBD) leaves it unfrozen.
     trains_teacher: ClassVar[bool] = False
     # ... and may not read the frozen teacher's top-C lists (build_method then accepts rankings=None).
     needs_rankings: ClassVar[bool] = True
+    # Names of the models in co_trained() (known before a run, for its files).
+    co_trained_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, teacher: Recommender | None, rankings: TeacherRankings | None,
-                 options: MethodOptions | None = None) -> None:
+    def __init__(self, context: DistillContext, teacher: Scorer | None = None,
+                 rankings: TeacherRankings | None = None, options: MethodOptions | None = None) -> None:
+        if not isinstance(context, DistillContext):
+            raise ConfigError(f"{self.name}: the first argument must be a DistillContext, got {type(context).__name__}")
+        self.context = context
         self.options = options if options is not None else type(self).Options()
         if not isinstance(self.options, type(self).Options):
             raise ConfigError(f"{self.name}: options must be {type(self).Options.__name__}")
@@ -295,65 +379,104 @@ class Distillation(Method):
         self.rankings = rankings
         self.sides: dict[str, Side] = {}
         self._log: dict[str, float] = {}
-        self._diagnostics_noted = False
         self.schedule = RowSchedule(self.options.rows)
-        if teacher is not None and not self.trains_teacher:
-            teacher.requires_grad_(False)
-            teacher.eval()
+        if teacher is not None:
+            if isinstance(teacher, nn.Module):
+                teacher.to(context.device)
+            if not self.trains_teacher and isinstance(teacher, nn.Module):
+                teacher.requires_grad_(False)
+                teacher.eval()
+        if rankings is not None:
+            interactions = context.interactions
+            self.sides = {"user": Side("user", rankings.items_of_user, interactions)}
+            if rankings.users_of_item is not None:
+                self.sides["item"] = Side("item", rankings.users_of_item, interactions)
 
-    def on_train_start(self, trainer: "Trainer") -> None:
-        if self.rankings is None:
-            return
-        split, device = trainer.split, trainer.device
-        if self.rankings.items_of_user.shape[0] != split.n_users or self.rankings.users_of_item.shape[0] != split.n_items:
-            raise ConfigError("the teacher's rankings do not match the split's users and items")
-        if self.teacher is not None:
-            self.teacher.to(device)
-        train = split.train
-        self.sides = {
-            "user": Side("user", self.rankings.items_of_user, train.to_csr("user"), split.n_items, device),
-            "item": Side("item", self.rankings.users_of_item, train.to_csr("item"), split.n_users, device),
-        }
+    @property
+    def student(self) -> Scorer:
+        return self.context.student
 
-    def refresh(self, trainer: "Trainer", epoch: int) -> None:
+    def side(self, name: str) -> Side:
+        """The side ``name``; a clear error when its teacher lists were not given."""
+        if not self.sides:
+            raise ConfigError(f"method {self.name!r} needs the teacher's rankings (rankings=TeacherRankings(...))")
+        if name not in self.sides:
+            raise ConfigError(f"{self.name}: an {name}-side term is on, but the teacher's rankings have no "
+                              f"{name}-side lists (TeacherRankings.users_of_item)")
+        return self.sides[name]
+
+    # ------------------------------------------------------------ the public face
+
+    def refresh(self, epoch: int, *, batches: int | None = None) -> None:
+        """Before epoch ``epoch`` (0-based): draw its samples (RRD's lists,
+        DCD's corrections every ``correct_every`` epochs, BD's rounds ...).
+        ``batches``: how many ``loss`` calls the epoch will make (needed by
+        ``rows="spread"``, which spreads every row over the epoch's batches)."""
+        if batches is None and self.options.rows == "spread":
+            raise ConfigError(f"{self.name}: rows='spread' needs refresh(epoch, batches=N), N the epoch's batches "
+                              "(or use the option rows='batch')")
         self._log = {}
-        self.schedule.start_epoch(trainer)
+        self.schedule.start_epoch(self.context.generator, batches or 1)
         every = self.options.diagnose_every
-        ranks = self.resample(trainer, epoch)
+        ranks = self.resample(epoch)
         if every and epoch % every == 0 and self.sides:
             start = time.perf_counter()
             for name, side in self.sides.items():
-                self._log[f"discrepancy_{name}"] = self.discrepancy(trainer.model, side, ranks.get(name))
-            seconds = self._log["diagnostic_seconds"] = time.perf_counter() - start
-            last_pass = trainer.history[-1]["seconds"] if trainer.history else None  # none yet at the start
-            if not self._diagnostics_noted and seconds > max(DIAGNOSTIC_NOTE_SECONDS, last_pass or 0.0):
-                self._diagnostics_noted = True
-                than = "" if last_pass is None else f", more than a training pass ({last_pass:.1f} s)"
-                log.info("the discrepancy diagnostics took %.1f s every %d epochs%s; -o diagnose_every=0 turns them off",
-                         seconds, every, than)
+                self._log[f"discrepancy_{name}"] = self.discrepancy(self.student, side, ranks.get(name))
+            self._log["diagnostic_seconds"] = time.perf_counter() - start
 
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
-        """Draw this epoch's samples. Returns the student's catalogue ranks of
-        each side's top-C lists if it computed them (the diagnostic reuses them)."""
-        return {}
-
-    def extra_loss(self, trainer: "Trainer", batch: "Batch") -> dict[str, torch.Tensor]:
-        losses = self.losses(trainer.model, batch)
+    def loss(self, users: torch.Tensor, pos_items: torch.Tensor | None = None,
+             neg_items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The weighted distillation terms for a batch of training pairs (the
+        users ``[B]``; the positive items ``[B]`` and negatives ``[B, k]``,
+        which the item side's ``rows="batch"``, DE's items and BD's teacher
+        read). Call once per batch, ``batches`` times per epoch."""
+        losses = self.losses(self.student, Batch(users, pos_items, neg_items))
         self.schedule.next_batch()
         return losses
 
-    def batch_rows(self, side: Side, batch: "Batch") -> torch.Tensor:
-        """The rows of ``side`` that this batch distils (see ``MethodOptions.rows``)."""
-        return self.schedule.rows(side.name, side.n_rows, batch.users if side.name == "user" else batch.pos_items)
+    def parameters(self) -> Iterable[nn.Parameter]:
+        """The method's own trainable parameters (none here)."""
+        return ()
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+    def co_trained(self) -> dict[str, nn.Module]:
+        """Models trained besides the student, by name (none here)."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What later epochs depend on (nothing here)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def epoch_log(self) -> dict[str, float]:
         return self._log
 
+    # ------------------------------------------------------------ for subclasses
+
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Draw this epoch's samples. Returns the student's catalogue ranks of
+        each side's top-C lists if it computed them (the diagnostic reuses them)."""
+        return {}
+
+    def batch_rows(self, side: Side, batch: Batch) -> torch.Tensor:
+        """The rows of ``side`` that this batch distils (see ``MethodOptions.rows``)."""
+        if side.name == "user":
+            ids = batch.users
+        elif batch.pos_items is not None:
+            ids = batch.pos_items
+        elif self.schedule.mode == "spread":
+            ids = batch.users  # only its device is read
+        else:
+            raise ConfigError(f"{self.name}: rows='batch' on the item side needs the batch's pos_items")
+        return self.schedule.rows(side.name, side.n_rows, ids)
+
+    def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
     @staticmethod
-    def discrepancy(model: Recommender, side: Side, ranks: torch.Tensor | None = None) -> float:
+    def discrepancy(model: Scorer, side: Side, ranks: torch.Tensor | None = None) -> float:
         """Mean |R_S - R_T| over the teacher's top-50 of every row (DCD Figure 1a)."""
         width = min(DIAGNOSTIC_TOP, side.top.shape[1])
         if ranks is None:

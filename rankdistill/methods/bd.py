@@ -31,34 +31,31 @@ and distilled again next to the new sample (which is drawn from the other
 items). ``gamma_ts`` and ``gamma_st`` weight the two directions (they take
 the role of BD's lambdas). See docs/distillation.md, "BD and iBD".
 
-The teacher's own validation selects its best epoch (its metrics are recorded
-in the epoch's history as ``teacher_valid``); at the end it is tested
-(``teacher_test`` in results.json) and saved as ``teacher.pt``.
+The teacher is a co-trained model (``co_trained()``): a trainer validates it
+like the student and keeps its best epoch (rankdistill's records its metrics
+in the epoch's history as ``teacher_valid``, tests it at the end,
+``teacher_test`` in results.json, and saves it as ``teacher.pt``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError
-from ..models import Recommender, build_model, save_model
-from ..models.base import SCORE_ALL_BUDGET
+from ..models import Recommender, build_model
 from ..ops import rank_positions, weighted_sample
-from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, evaluation_mode, option
+from .base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Batch, DistillContext, Distillation, MethodOptions,
+                   evaluation_mode, option)
 
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
-
-__all__ = ["BD", "BDOptions", "IBD", "IBDOptions", "DIRECTIONS", "TEACHER_MODEL", "bd_weights", "drop_repeats",
+__all__ = ["BD", "BDOptions", "IBD", "IBDOptions", "DIRECTIONS", "bd_weights", "drop_repeats",
            "retain_uncorrected", "sample_discrepancies", "soft_label_bce"]
-
-TEACHER_MODEL = "teacher.pt"
-TEACHER_TEST_PER_USER = "teacher_test_per_user.npz"
 # "ts": teacher -> student (the student learns); "st": student -> teacher.
 DIRECTIONS = ("ts", "st")
 TEACHER_INITS = ("trained", "fresh")
@@ -192,24 +189,36 @@ class BD(Distillation):
     Options: ClassVar[type[MethodOptions]] = BDOptions
     trains_teacher = True
     needs_rankings = False
-    output_files = (TEACHER_MODEL, TEACHER_TEST_PER_USER)
+    co_trained_names = ("teacher",)
 
-    def __init__(self, teacher: Recommender | None, rankings=None, options: MethodOptions | None = None) -> None:
+    def __init__(self, context: DistillContext, teacher: Recommender | None = None, rankings=None,
+                 options: MethodOptions | None = None) -> None:
         if teacher is None:
             raise ConfigError(f"method {self.name!r} needs a teacher (--teacher)")
+        if not callable(getattr(teacher, "loss", None)):
+            raise ConfigError(f"method {self.name!r} trains the teacher: it must have a loss(users, pos_items, "
+                              "neg_items), like rankdistill's models")
+        interactions = context.interactions
+        if (teacher.n_users, teacher.n_items) != (interactions.n_users, interactions.n_items):
+            raise ConfigError(f"the teacher is for {teacher.n_users} users x {teacher.n_items} items, "
+                              f"the data has {interactions.n_users} x {interactions.n_items}")
         # A copy: the teacher trains here, and the caller's (shared by the
         # runs of a comparison) must stay as it was.
         teacher = copy.deepcopy(teacher)
-        super().__init__(teacher, rankings, options)
-        self.teacher.requires_grad_(True)
-        self.teacher.train()
+        super().__init__(context, teacher, rankings, options)
+        o = self.options
+        if o.teacher_init == "fresh":
+            self.teacher = self._fresh_teacher()
+        elif o.teacher_dim and o.teacher_dim != self.teacher.dim:
+            raise ConfigError(f"option teacher_dim={o.teacher_dim} needs teacher_init=fresh "
+                              f"(the given teacher has dim {self.teacher.dim})")
+        self.teacher.to(context.device).requires_grad_(True).train()
+        self._indptr, self._indices = interactions.csr("user")
         # Per direction: this round's new items and the retained ones
         # (iBD), [n_users, *] -1 padded.
-        self.sets: dict[str, dict[str, torch.Tensor]] = {}
-        self.teacher_best: dict[str, Any] | None = None
-        self.teacher_bad_evals = 0
+        empty = torch.empty((interactions.n_users, 0), dtype=torch.int64, device=context.device)
+        self.sets: dict[str, dict[str, torch.Tensor]] = {d: {"new": empty, "retained": empty} for d in DIRECTIONS}
         self.draw = 0  # which of the round's draws the current epoch distils
-        self._indptr = self._indices = None
 
     # ---- options read the same way by BD and iBD
     def direction_weights(self) -> dict[str, float]:
@@ -222,65 +231,46 @@ class BD(Distillation):
         o = self.options
         return -(-o.update_every // o.redraw_every) if o.redraw_every else 1
 
-    # ---- lifecycle
-    def on_train_start(self, trainer: "Trainer") -> None:
-        split, device, o = trainer.split, trainer.device, self.options
-        if (self.teacher.n_users, self.teacher.n_items) != (split.n_users, split.n_items):
-            raise ConfigError(f"the teacher is for {self.teacher.n_users} users x {self.teacher.n_items} items, "
-                              f"the split has {split.n_users} x {split.n_items}")
-        if o.teacher_init == "fresh":
-            self.teacher = self._fresh_teacher(trainer)
-        elif o.teacher_dim and o.teacher_dim != self.teacher.dim:
-            raise ConfigError(f"option teacher_dim={o.teacher_dim} needs teacher_init=fresh "
-                              f"(the given teacher has dim {self.teacher.dim})")
-        self.teacher.to(device).requires_grad_(True).train()
-        indptr, indices = split.train.to_csr("user")
-        self._indptr = torch.as_tensor(indptr, device=device)
-        self._indices = torch.as_tensor(indices, device=device)
-        empty = torch.empty((split.n_users, 0), dtype=torch.int64, device=device)
-        self.sets = {d: {"new": empty, "retained": empty} for d in DIRECTIONS}
-
-    def _fresh_teacher(self, trainer: "Trainer") -> Recommender:
+    def _fresh_teacher(self) -> Recommender:
         config = {**self.teacher.config(), "dim": self.options.teacher_dim or self.teacher.dim}
-        csr = tuple(torch.as_tensor(a) for a in trainer.split.train.to_csr())
+        csr = tuple(t.cpu() for t in self.context.interactions.csr("user"))
         with torch.random.fork_rng(devices=[]):  # its own seed; the global generator is left as it was
-            torch.manual_seed(trainer.config.seed + 1)
+            torch.manual_seed(self.context.seed + 1)
             return build_model(config, train=csr)
 
-    def parameters(self) -> Iterable[torch.nn.Parameter]:
+    def parameters(self) -> Iterable[nn.Parameter]:
         return self.teacher.parameters()
 
-    def refresh(self, trainer: "Trainer", epoch: int) -> None:
+    def co_trained(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
+
+    def refresh(self, epoch: int, *, batches: int | None = None) -> None:
+        if batches is None and self.options.rows == "spread":
+            raise ConfigError(f"{self.name}: rows='spread' needs refresh(epoch, batches=N)")
         self._log = {}
-        self.schedule.start_epoch(trainer)
+        self.schedule.start_epoch(self.context.generator, batches or 1)
         o = self.options
         if epoch % o.update_every == 0:
-            self.resample(trainer, epoch)
+            self.resample(epoch)
         self.draw = (epoch % o.update_every) // o.redraw_every if o.redraw_every else 0
 
-    def _blocks(self, n_users: int, n_items: int) -> Iterable[tuple[int, int]]:
-        # About a quarter of the budget per [block, n_items] matrix: two
-        # score, two rank and one weight matrix live at once.
-        block = max(1, SCORE_ALL_BUDGET // (4 * n_items))
-        for start in range(0, n_users, block):
-            yield start, min(start + block, n_users)
-
     @torch.no_grad()
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         """One sampling round: both models' catalogue ranks, block by block of
         users, iBD's retained items, then the new samples: ``draws_per_round``
         independent draws from the same weights, side by side."""
-        o, device = self.options, trainer.device
-        student, teacher = trainer.model, self.teacher
-        n_users, n_items = trainer.split.n_users, trainer.split.n_items
+        o, device, generator = self.options, self.context.device, self.context.generator
+        student, teacher = self.student, self.teacher
+        n_users, n_items = self.context.interactions.n_users, self.context.interactions.n_items
         limit = self.retain_limit()
         out = {d: {"new": [], "retained": []} for d in DIRECTIONS}
         stats = {f"{d}_{key}": 0.0 for d in DIRECTIONS for key in ("gap", "drawn", "previous", "kept")}
         with evaluation_mode(student), evaluation_mode(teacher):
-            for start, stop in self._blocks(n_users, n_items):
+            # About a quarter of the budget per [block, n_items] matrix: two
+            # score, two rank and one weight matrix live at once.
+            for start, stop in row_blocks(n_users, 4 * n_items):
                 rows = torch.arange(start, stop, device=device)
-                lo, hi = self._indptr[start], self._indptr[stop]
-                exclude = (self._indptr[start:stop + 1] - lo, self._indices[lo:hi])
+                exclude = csr_rows(self._indptr, self._indices, start, stop)
                 student_rank = rank_positions(student.score_all(rows).float(), exclude=exclude)
                 teacher_rank = rank_positions(teacher.score_all(rows).float(), exclude=exclude)
                 observed = torch.zeros((stop - start, n_items), dtype=torch.bool, device=device)
@@ -296,7 +286,7 @@ class BD(Distillation):
                     excluded[torch.nonzero(listed, as_tuple=True)[0], kept[listed]] = True
                     eps = o.eps_t if d == "ts" else o.eps
                     new = torch.cat([sample_discrepancies(student_rank, teacher_rank, o.samples, direction=d,
-                                                          eps=eps, excluded=excluded, generator=trainer.generator)
+                                                          eps=eps, excluded=excluded, generator=generator)
                                      for _ in range(self.draws_per_round())], dim=1)
                     out[d]["new"].append(new)
                     out[d]["retained"].append(kept)
@@ -328,7 +318,9 @@ class BD(Distillation):
             new = new[:, self.draw * width:(self.draw + 1) * width]
         return _pad_cat([new, parts["retained"]]) if parts["retained"].shape[1] else new
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+    def losses(self, model: Recommender, batch: Batch) -> dict[str, torch.Tensor]:
+        if batch.pos_items is None or batch.neg_items is None:
+            raise ConfigError(f"{self.name} trains the teacher on the batch: pass pos_items and neg_items")
         teacher, temperature = self.teacher, self.options.temperature
         rows = self.schedule.rows("user", self.teacher.n_users, batch.users)
         out = {"teacher_loss": teacher.loss(batch.users, batch.pos_items, batch.neg_items)}
@@ -345,46 +337,13 @@ class BD(Distillation):
             out[name] = weights[d] * soft_label_bce(logits, targets, mask, temperature)
         return out
 
-    # ---- the teacher's validation, test and file
-    def on_validate(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
-        valid = trainer.evaluator.evaluate(self.teacher, "valid").means()
-        record["teacher_valid"] = valid
-        metric = trainer.config.metric
-        if self.teacher_best is None or valid[metric] > self.teacher_best["valid"][metric]:
-            self.teacher_best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(self.teacher.state_dict())}
-            self.teacher_bad_evals = 0
-        else:
-            self.teacher_bad_evals += 1
-
-    def co_trained_bad_evals(self) -> int:
-        return self.teacher_bad_evals
-
-    def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
-        best = self.teacher_best
-        if best is None:
-            return {}
-        self.teacher.load_state_dict(best["state"])
-        result = trainer.evaluator.evaluate(self.teacher, "test")
-        summary = {"teacher_best_epoch": best["epoch"], "teacher_valid": best["valid"], "teacher_test": result.means(),
-                   "teacher_model_config": self.teacher.config(),
-                   "teacher_num_parameters": self.teacher.num_parameters()}
-        if trainer.out_dir is not None:
-            where = {key: trainer.info[key] for key in ("data", "split_file") if key in trainer.info}
-            save_model(trainer.out_dir / TEACHER_MODEL, self.teacher, role="teacher", method=self.name, **where,
-                       **trainer.split.identity(), best_epoch=best["epoch"], valid=best["valid"], test=result.means())
-            result.save_per_user(trainer.out_dir / TEACHER_TEST_PER_USER)
-        return summary
-
-    # ---- exact resume: the teacher, its best so far and the current samples
+    # ---- exact resume: the teacher and the current samples
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "sets": self.sets, "teacher_best": self.teacher_best,
-                "teacher_bad_evals": self.teacher_bad_evals}
+        return {"teacher": self.teacher.state_dict(), "sets": self.sets}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.sets = {d: dict(parts) for d, parts in state["sets"].items()}
-        self.teacher_best = state["teacher_best"]
-        self.teacher_bad_evals = state["teacher_bad_evals"]
 
 
 class IBD(BD):

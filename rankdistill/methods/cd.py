@@ -14,23 +14,16 @@ over the batch's users, weighted by ``lambda_cd``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from ..models import Recommender
-from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, evaluation_mode, option
+from ..blocks import row_blocks
+from ..errors import ConfigError
+from ..scoring import Scorer
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Batch, Distillation, MethodOptions, evaluation_mode, option
 from .rrd import sample_interesting
 
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
-
 __all__ = ["CD", "CDOptions", "soft_labels"]
-
-# Rows of teacher scores computed at once for the labels.
-_LABEL_BLOCK = 1 << 16
-
 
 @dataclass
 class CDOptions(MethodOptions):
@@ -44,13 +37,13 @@ class CDOptions(MethodOptions):
 
 
 @torch.no_grad()
-def soft_labels(teacher: Recommender, side, cols: torch.Tensor, label_temperature: float) -> torch.Tensor:
+def soft_labels(teacher: Scorer, side, cols: torch.Tensor, label_temperature: float) -> torch.Tensor:
     """``[n_rows, K]`` ``sigmoid(teacher score / label_temperature)`` of each
     row's columns (padding gets 0: mask it)."""
     labels = torch.zeros(cols.shape, device=cols.device)
     with evaluation_mode(teacher):
-        for start in range(0, side.n_rows, _LABEL_BLOCK):
-            rows = torch.arange(start, min(start + _LABEL_BLOCK, side.n_rows), device=cols.device)
+        for start, stop in row_blocks(side.n_rows, 1, budget=1 << 16):  # rows of teacher scores at once
+            rows = torch.arange(start, stop, device=cols.device)
             labels[rows] = torch.sigmoid(side.scores(teacher, rows, cols[rows]).float() / label_temperature)
     return labels.masked_fill_(cols < 0, 0.0)
 
@@ -63,17 +56,19 @@ class CD(Distillation):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.teacher is None:
+            raise ConfigError(f"method {self.name!r} needs the teacher (its scores are the soft labels)")
         self.items: torch.Tensor | None = None  # [n_users, K], this epoch's samples
         self.labels: torch.Tensor | None = None
 
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
-        o, side = self.options, self.sides["user"]
-        self.items = sample_interesting(side, o.samples, o.temperature, trainer.generator)
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
+        o, side = self.options, self.side("user")
+        self.items = sample_interesting(side, o.samples, o.temperature, self.context.generator)
         self.labels = soft_labels(self.teacher, side, self.items, o.label_temperature)
         return {}
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
-        side = self.sides["user"]
+    def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
+        side = self.side("user")
         rows = self.batch_rows(side, batch)
         cols = self.items[rows]
         valid = (cols >= 0).float()

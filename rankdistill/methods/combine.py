@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable
 
 import torch
+from torch import nn
 
-from ..models import Recommender
-from .base import Distillation, MethodOptions
-
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
+from ..scoring import Scorer
+from .base import Batch, DistillContext, Distillation, MethodOptions
+from .rankings import TeacherRankings
 
 __all__ = ["Combined", "combine"]
 
@@ -28,29 +27,27 @@ __all__ = ["Combined", "combine"]
 class Combined(Distillation):
     """The union of ``members`` (set by ``combine``). Each member is built with
     the combined options and no rankings of its own: it uses the combination's
-    sides (attached after ``on_train_start``) and its batch schedule."""
+    sides (attached once all are built) and its batch schedule."""
 
     members: ClassVar[tuple[type[Distillation], ...]] = ()
 
-    def __init__(self, teacher: Recommender | None, rankings, options: MethodOptions | None = None) -> None:
-        super().__init__(teacher, rankings, options)
-        self.parts = [cls(teacher, None, self.options) for cls in self.members]
-
-    def on_train_start(self, trainer: "Trainer") -> None:
-        super().on_train_start(trainer)  # the sides, once
+    def __init__(self, context: DistillContext, teacher: Scorer | None = None,
+                 rankings: TeacherRankings | None = None, options: MethodOptions | None = None) -> None:
+        super().__init__(context, teacher, rankings, options)  # the sides, once
+        # No rankings of their own: only each member's own set-up (DE's experts).
+        self.parts = [cls(context, teacher, None, self.options) for cls in self.members]
         for part in self.parts:
-            part.on_train_start(trainer)  # no rankings: only the member's own set-up (DE's experts)
             part.sides = self.sides
             part.schedule = self.schedule  # one batch schedule for all members
 
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         ranks: dict[str, torch.Tensor] = {}
         for part in self.parts:
             part._log = {}
-            ranks.update(part.resample(trainer, epoch))
+            ranks.update(part.resample(epoch))
         return ranks
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+    def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for part in self.parts:
             terms = part.losses(model, batch)
@@ -66,17 +63,13 @@ class Combined(Distillation):
             log.update(part.epoch_log())  # what each member recorded in its resample
         return log
 
-    def on_validate(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None:
+    def co_trained(self) -> dict[str, nn.Module]:
+        out: dict[str, nn.Module] = {}
         for part in self.parts:
-            part.on_validate(trainer, epoch, record)
-
-    def on_train_end(self, trainer: "Trainer") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for part in self.parts:
-            out.update(part.on_train_end(trainer) or {})
+            out.update(part.co_trained())
         return out
 
-    def parameters(self) -> Iterable[torch.nn.Parameter]:
+    def parameters(self) -> Iterable[nn.Parameter]:
         return list(itertools.chain.from_iterable(part.parameters() for part in self.parts))
 
     def state_dict(self) -> dict[str, Any]:
@@ -110,6 +103,7 @@ def combine(*methods: type[Distillation], name: str = "") -> type[Combined]:
     options = combined_options(label, tuple(m.Options for m in methods))
     # A member that trains the teacher (BD) keeps it unfrozen for all.
     trains_teacher = any(getattr(m, "trains_teacher", False) for m in methods)
+    co_trained_names = tuple(dict.fromkeys(n for m in methods for n in m.co_trained_names))
     return type(label, (Combined,), {"name": name, "Options": options, "members": tuple(methods),
-                                     "trains_teacher": trains_teacher,
+                                     "trains_teacher": trains_teacher, "co_trained_names": co_trained_names,
                                      "__doc__": f"{' + '.join(m.__name__ for m in methods)} together."})

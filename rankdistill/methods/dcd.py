@@ -20,7 +20,7 @@ lambda_icd L_ICD``; the item-side RRD (``lambda_ir``) serves *w/o correction*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -28,9 +28,6 @@ from ..ops import discrepancy_sample
 from ..reference import discrepancy_weights
 from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Side, option
 from .rrd import RRD, RRDOptions
-
-if TYPE_CHECKING:
-    from ..trainer import Trainer
 
 __all__ = ["DCD", "DCDOptions", "largest_discrepancies", "select_discrepancies"]
 
@@ -87,19 +84,19 @@ class DCD(RRD):
         o = self.options
         return [term for term in (("ucd", "user", o.lambda_ucd), ("icd", "item", o.lambda_icd)) if term[2] > 0]
 
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
-        super().resample(trainer, epoch)
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
+        super().resample(epoch)
         o = self.options
         if epoch % o.correct_every:
             return {}
         catalogue_ranks = {}
         for _, side_name, _ in self._corrected_sides():
-            side = self.sides[side_name]
+            side = self.side(side_name)
             if o.rank_scope == "catalogue":
-                ranks = catalogue_ranks[side_name] = side.catalogue_ranks(trainer.model, side.top)
+                ranks = catalogue_ranks[side_name] = side.catalogue_ranks(self.student, side.top)
             else:
-                ranks = side.candidate_ranks(trainer.model, side.top)
-            options = {"mu": o.mu, "sampling": o.sampling, "generator": trainer.generator}
+                ranks = side.candidate_ranks(self.student, side.top)
+            options = {"mu": o.mu, "sampling": o.sampling, "generator": self.context.generator}
             self.corrections[side_name] = (select_discrepancies(side, ranks, o.m_under, direction="under", **options),
                                            select_discrepancies(side, ranks, o.m_over, direction="over", **options))
         return catalogue_ranks

@@ -29,19 +29,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models import Recommender
-from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, evaluation_mode, option
+from ..scoring import Scorer
+from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Batch, Distillation, MethodOptions, evaluation_mode, option
 from .combine import combine
 from .rrd import REDUCTIONS, RRD
-
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
 
 __all__ = ["DE", "DEOptions", "DERRD", "Experts", "annealed_temperature"]
 
@@ -109,7 +106,7 @@ class Experts(nn.Module):
 _REPRESENTATIONS = {"user": "user_representation", "item": "item_representation"}
 
 
-def _representation(model: Recommender, side: str, ids: torch.Tensor) -> torch.Tensor:
+def _representation(model: Scorer, side: str, ids: torch.Tensor) -> torch.Tensor:
     return getattr(model, _REPRESENTATIONS[side])(ids)
 
 
@@ -121,49 +118,49 @@ class DE(Distillation):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.experts = nn.ModuleDict()
-        self.tau = self.options.tau_start
-        self.generator: torch.Generator | None = None
-        self._selected: list[torch.Tensor] = []  # per batch: the mean largest selection weight
-
-    def on_train_start(self, trainer: "Trainer") -> None:
-        super().on_train_start(trainer)
         if self.teacher is None:
             raise ConfigError(f"method {self.name!r} needs a teacher")
-        self.teacher.to(trainer.device)
-        self.generator = trainer.generator
-        init = torch.Generator().manual_seed(trainer.config.seed + _INIT_SEED_OFFSET)
-        probe = torch.zeros(1, dtype=torch.int64, device=trainer.device)
+        self.tau = self.options.tau_start
+        self._selected: list[torch.Tensor] = []  # per batch: the mean largest selection weight
+        context = self.context
+        init = torch.Generator().manual_seed(context.seed + _INIT_SEED_OFFSET)
+        probe = torch.zeros(1, dtype=torch.int64, device=context.device)
         experts = {}
         for side in _REPRESENTATIONS:
             try:
-                with evaluation_mode(trainer.model), evaluation_mode(self.teacher):
-                    d_student = _representation(trainer.model, side, probe).shape[-1]
+                with evaluation_mode(self.student), evaluation_mode(self.teacher):
+                    d_student = _representation(self.student, side, probe).shape[-1]
                     d_teacher = _representation(self.teacher, side, probe).shape[-1]
-            except NotImplementedError:
-                raise ConfigError(f"method {self.name!r} needs models with {side} representations") from None
+            except (NotImplementedError, AttributeError):
+                raise ConfigError(f"method {self.name!r} needs models with {side} representations "
+                                  f"({_REPRESENTATIONS[side]})") from None
             experts[side] = Experts(self.options.experts, d_student, d_teacher, init)
-        self.experts = nn.ModuleDict(experts).to(trainer.device)
+        self.experts = nn.ModuleDict(experts).to(context.device)
 
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         o = self.options
-        self.tau = annealed_temperature(epoch, o.anneal_epochs or trainer.config.epochs, o.tau_start, o.tau_end)
+        if not (o.anneal_epochs or self.context.epochs):
+            raise ConfigError(f"{self.name}: set the option anneal_epochs, or the context's epochs")
+        self.tau = annealed_temperature(epoch, o.anneal_epochs or self.context.epochs, o.tau_start, o.tau_end)
         self._selected = []
         return {}
 
-    def entities(self, side: str, batch: "Batch") -> torch.Tensor:
+    def entities(self, side: str, batch: Batch) -> torch.Tensor:
         """The users (items) of this batch whose representations are distilled."""
         if side == "user" or self.options.rows == "spread":
-            return self.batch_rows(self.sides[side], batch)
+            return self.batch_rows(self.side(side), batch)
+        if batch.pos_items is None or batch.neg_items is None:
+            raise ConfigError(f"{self.name}: rows='batch' distils the batch's items: pass pos_items and neg_items")
         return torch.unique(torch.cat([batch.pos_items, batch.neg_items.reshape(-1)]))
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+    def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
         total = 0.0
         for side, experts in self.experts.items():
             ids = self.entities(side, batch)
             with torch.no_grad():
                 target = _representation(self.teacher, side, ids)
-            reconstruction, selection = experts(_representation(model, side, ids), target, self.tau, self.generator)
+            reconstruction, selection = experts(_representation(model, side, ids), target, self.tau,
+                                                self.context.generator)
             per_entity = (target - reconstruction).square().sum(dim=1)
             total = total + (per_entity.mean() if self.options.reduction == "mean" else per_entity.sum())
             self._selected.append(selection.detach().max(dim=1).values.mean())

@@ -1,8 +1,10 @@
 """The teacher's rankings that every distillation method reads: its top-C
 items per user and its top-C users per item, training interactions excluded.
 
-They are computed once per teacher, in blocks of rows whose score matrix fits
-``SCORE_ALL_BUDGET``, and cached next to the teacher's checkpoint (keyed by the
+``compute_rankings`` makes them from any teacher (a model, or just its
+``score_all(users) -> [B, n_items]``) and the interactions, in blocks of rows
+whose score matrix fits ``SCORE_ALL_BUDGET`` (never a ``[U, I]`` matrix).
+The command line caches them next to the teacher's checkpoint (keyed by the
 checkpoint's content, the split and C), so that every method and seed of a
 comparison reads the same lists.
 """
@@ -12,18 +14,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import blocks
+from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
-from ..models import Recommender
-from ..models.base import SCORE_ALL_BUDGET
+from ..scoring import InteractionMatrix, as_interactions
 from ..split import Split
 
-__all__ = ["TeacherRankings", "compute_rankings", "load_or_compute_rankings", "top_columns"]
+__all__ = ["DEFAULT_TOP", "TeacherRankings", "compute_rankings", "load_or_compute_rankings", "top_columns"]
 
 log = logging.getLogger("rankdistill")
 
@@ -33,20 +36,38 @@ _CACHE_KIND = "rankdistill-teacher-rankings"
 
 @dataclass
 class TeacherRankings:
-    """``items_of_user[u]``: the teacher's best C unobserved items for user u,
-    best first; ``users_of_item[i]``: its best C users (who have not
-    interacted with i) for item i. Both int64, padded with -1 where a row has
-    fewer than C candidates."""
+    """The teacher's top-C lists, int64, best first, -1 padded where a row has
+    fewer than C unobserved candidates:
 
-    items_of_user: torch.Tensor  # [n_users, C]
-    users_of_item: torch.Tensor  # [n_items, C]
+    - ``items_of_user [n_users, C]``: its best unobserved items of each user;
+    - ``users_of_item [n_items, C']``: its best users (who have not
+      interacted with it) of each item; None if only the user side is known
+      (then no item-side term can be on).
+
+    Precomputed lists of your own can be given as they are (e.g. the top-C of
+    a teacher served elsewhere): they must exclude each row's training
+    interactions and be in the teacher's order."""
+
+    items_of_user: torch.Tensor
+    users_of_item: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("items_of_user", "users_of_item"):
+            lists = getattr(self, name)
+            if lists is None and name == "users_of_item":
+                continue
+            if not isinstance(lists, torch.Tensor) or lists.dim() != 2 or lists.dtype != torch.int64:
+                found = f"{lists.dtype} of shape {list(lists.shape)}" if isinstance(lists, torch.Tensor) else \
+                    type(lists).__name__
+                raise ConfigError(f"TeacherRankings.{name} must be a 2-D int64 tensor, got {found}")
 
     @property
     def top(self) -> int:
         return self.items_of_user.shape[1]
 
     def to(self, device: torch.device | str) -> "TeacherRankings":
-        return TeacherRankings(self.items_of_user.to(device), self.users_of_item.to(device))
+        return TeacherRankings(self.items_of_user.to(device),
+                               None if self.users_of_item is None else self.users_of_item.to(device))
 
 
 def _masked_rows(score_rows, start: int, stop: int, indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -56,9 +77,9 @@ def _masked_rows(score_rows, start: int, stop: int, indptr: torch.Tensor, indice
     if not bool(torch.isfinite(scores).all()):  # topk would rank NaN first
         raise TrainingDiverged(f"the teacher's scores of rows {start}..{stop - 1} are NaN or infinite: "
                                "its rankings would be garbage (a diverged or corrupted teacher)")
-    seen_rows = torch.repeat_interleave(torch.arange(stop - start, device=device),
-                                        indptr[start + 1:stop + 1] - indptr[start:stop])
-    scores[seen_rows, indices[indptr[start]:indptr[stop]]] = -torch.inf
+    local_indptr, local_indices = csr_rows(indptr, indices, start, stop)
+    seen_rows = torch.repeat_interleave(torch.arange(stop - start, device=device), local_indptr.diff())
+    scores[seen_rows, local_indices] = -torch.inf
     return scores
 
 
@@ -66,37 +87,35 @@ def _padded(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return ids.masked_fill_(values == -torch.inf, -1)  # fewer than C unobserved candidates
 
 
-def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[np.ndarray, np.ndarray], top: int,
-                device: torch.device, *, desc: str = "", progress: bool = False) -> torch.Tensor:
+def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tensor, torch.Tensor], top: int, *,
+                desc: str = "", progress: bool = False) -> torch.Tensor:
     """``[n_rows, top]`` best columns per row, best first, the ``observed``
     (CSR) columns of each row left out; ``score_rows(rows)`` gives ``[b, n_cols]``."""
-    indptr, indices = (torch.as_tensor(a, device=device) for a in observed)
+    indptr, indices = observed
     top = min(top, n_cols)
-    out = torch.empty((n_rows, top), dtype=torch.int64, device=device)
-    block = max(1, SCORE_ALL_BUDGET // n_cols)
-    for start in tqdm(range(0, n_rows, block), desc=desc, unit="block", leave=False, disable=not progress):
-        stop = min(start + block, n_rows)
+    out = torch.empty((n_rows, top), dtype=torch.int64, device=indptr.device)
+    for start, stop in tqdm(list(row_blocks(n_rows, n_cols)), desc=desc, unit="block", leave=False,
+                            disable=not progress):
         values, columns = _masked_rows(score_rows, start, stop, indptr, indices).topk(top, dim=1)
         out[start:stop] = _padded(values, columns)
     return out
 
 
-def _top_both_sides(teacher: Recommender, split: Split, top: int, block: int,
+def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interactions: InteractionMatrix, top: int,
                     progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Both lists from one pass over the score matrix: each block of users
     gives its rows' top items, and its columns are merged into a running
     top-C of users per item."""
-    device = teacher.device
-    indptr, indices = (torch.as_tensor(a, device=device) for a in split.train.to_csr("user"))
-    n_users, n_items = split.n_users, split.n_items
+    device = interactions.device
+    indptr, indices = interactions.csr("user")
+    n_users, n_items = interactions.n_users, interactions.n_items
     top_items, top_users = min(top, n_items), min(top, n_users)
     items_of_user = torch.empty((n_users, top_items), dtype=torch.int64, device=device)
     best_values = torch.full((n_items, top_users), -torch.inf, device=device)
     best_users = torch.full((n_items, top_users), -1, dtype=torch.int64, device=device)
-    for start in tqdm(range(0, n_users, block), desc="teacher: top items and users", unit="block",
-                      leave=False, disable=not progress):
-        stop = min(start + block, n_users)
-        scores = _masked_rows(teacher.score_all, start, stop, indptr, indices)
+    for start, stop in tqdm(list(row_blocks(n_users, n_items)), desc="teacher: top items and users", unit="block",
+                            leave=False, disable=not progress):
+        scores = _masked_rows(score_all, start, stop, indptr, indices)
         values, columns = scores.topk(top_items, dim=1)
         items_of_user[start:stop] = _padded(values, columns)
         # columns 0..C-1 of the merge are the running best, C.. the block's users
@@ -104,6 +123,63 @@ def _top_both_sides(teacher: Recommender, split: Split, top: int, block: int,
         best_users = torch.where(where < top_users, best_users.gather(1, where.clamp(max=top_users - 1)),
                                  where + (start - top_users))
     return items_of_user, _padded(best_values, best_users)
+
+
+@torch.no_grad()
+def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
+                     progress: bool = False) -> TeacherRankings:
+    """The teacher's top-``top`` lists on both sides, each row's training
+    interactions left out (on the interactions' device).
+
+    Args:
+        teacher: a scorer with ``score_all(users) -> [B, n_items]`` (and, if it
+            has one, ``score_all_users(items) -> [B, n_users]``), such as any
+            rankdistill model or ``EmbeddingScorer``; or just a callable
+            ``score_all(users)``. Run in evaluation mode, without gradients.
+        interactions: an ``InteractionMatrix``, ``Interactions`` or ``Split``
+            (its training part).
+        top: C, the length of the lists.
+
+    A teacher that runs a network per pair (NeuMF), or that offers only
+    ``score_all``, is scored once: each block of users that fits
+    ``SCORE_ALL_BUDGET`` gives its top items and is merged into a running
+    top-C of users per item (one CPU thread, CiteULike, blocks of 988 users:
+    130 s to score a NeuMF block, 1.5 s to merge it). A dot-product teacher
+    (BPR: 0.3 s a block) is cheaper to score twice, once per side, and so is
+    any teacher whose blocks are shorter than C rows (huge catalogues), where
+    each merge would re-rank mostly running candidates.
+    """
+    if top < 1:
+        raise ConfigError(f"the teacher's list length C must be >= 1, got {top}")
+    device = getattr(teacher, "device", None)
+    interactions = as_interactions(interactions, device if isinstance(device, torch.device) else None)
+    score_all = getattr(teacher, "score_all", teacher)
+    if not callable(score_all):
+        raise ConfigError(f"the teacher must have score_all(users) or be such a callable, got {type(teacher).__name__}")
+    shape = (getattr(teacher, "n_users", interactions.n_users), getattr(teacher, "n_items", interactions.n_items))
+    if shape != (interactions.n_users, interactions.n_items):
+        raise ConfigError(f"the teacher is for {shape[0]} users x {shape[1]} items, "
+                          f"the interactions have {interactions.n_users} x {interactions.n_items}")
+    score_all_users = getattr(teacher, "score_all_users", None)
+    block = max(1, blocks.SCORE_ALL_BUDGET // interactions.n_items)
+    one_pass = score_all_users is None or getattr(teacher, "scores_each_pair", False)
+    was_training = getattr(teacher, "training", None)
+    if was_training is not None:
+        teacher.eval()
+    try:
+        if one_pass and (block >= min(top, interactions.n_users) or score_all_users is None):
+            items_of_user, users_of_item = _top_both_sides(score_all, interactions, top, progress)
+        else:
+            items_of_user = top_columns(score_all, interactions.n_users, interactions.n_items,
+                                        interactions.csr("user"), top, desc="teacher: top items per user",
+                                        progress=progress)
+            users_of_item = top_columns(score_all_users, interactions.n_items, interactions.n_users,
+                                        interactions.csr("item"), top, desc="teacher: top users per item",
+                                        progress=progress)
+    finally:
+        if was_training is not None:
+            teacher.train(was_training)
+    return TeacherRankings(items_of_user, users_of_item)
 
 
 def _check_cached(rankings: TeacherRankings, split: Split, top: int, cache: Path) -> None:
@@ -119,43 +195,7 @@ def _check_cached(rankings: TeacherRankings, split: Split, top: int, cache: Path
             raise DataError(f"{cache}: {name} holds ids outside [-1, {n_cols}); delete it to recompute")
 
 
-@torch.no_grad()
-def compute_rankings(teacher: Recommender, split: Split, top: int = DEFAULT_TOP, *,
-                     progress: bool = False) -> TeacherRankings:
-    """The teacher's top-``top`` lists on both sides (on the teacher's device).
-
-    A teacher that runs a network per pair (NeuMF) is scored once: each block
-    of users that fits ``SCORE_ALL_BUDGET`` gives its top items and is merged
-    into a running top-C of users per item (one CPU thread, CiteULike, blocks
-    of 988 users: 130 s to score a block, 1.5 s to merge it). A dot-product
-    teacher (BPR: 0.3 s a block) is cheaper to score twice, once per side, and
-    so is any teacher whose blocks are shorter than C rows (huge catalogues),
-    where each merge would re-rank mostly running candidates.
-    """
-    if top < 1:
-        raise ConfigError(f"the teacher's list length C must be >= 1, got {top}")
-    if (teacher.n_users, teacher.n_items) != (split.n_users, split.n_items):
-        raise ConfigError(f"the teacher is for {teacher.n_users} users x {teacher.n_items} items, "
-                          f"the split has {split.n_users} x {split.n_items}")
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        block = max(1, SCORE_ALL_BUDGET // split.n_items)
-        if teacher.scores_each_pair and block >= min(top, split.n_users):
-            items_of_user, users_of_item = _top_both_sides(teacher, split, top, block, progress)
-        else:
-            train, device = split.train, teacher.device
-            items_of_user = top_columns(teacher.score_all, split.n_users, split.n_items, train.to_csr("user"), top,
-                                        device, desc="teacher: top items per user", progress=progress)
-            users_of_item = top_columns(teacher.score_all_users, split.n_items, split.n_users,
-                                        train.to_csr("item"), top, device, desc="teacher: top users per item",
-                                        progress=progress)
-    finally:
-        teacher.train(was_training)
-    return TeacherRankings(items_of_user, users_of_item)
-
-
-def load_or_compute_rankings(teacher_path: str | Path, teacher: Recommender, split: Split,
+def load_or_compute_rankings(teacher_path: str | Path, teacher: Any, split: Split,
                              top: int = DEFAULT_TOP, *, progress: bool = False) -> TeacherRankings:
     """The cached lists in ``TEACHER_DIR/rankings-cTOP.pt`` if they were made
     from this very checkpoint and split, else computed and cached there."""
@@ -168,7 +208,10 @@ def load_or_compute_rankings(teacher_path: str | Path, teacher: Recommender, spl
         except DataError as exc:
             raise DataError(f"{exc}; delete it to recompute") from None
         if payload.get("kind") == _CACHE_KIND and payload.get("key") == key:
-            rankings = TeacherRankings(payload.get("items_of_user"), payload.get("users_of_item"))
+            try:
+                rankings = TeacherRankings(payload.get("items_of_user"), payload.get("users_of_item"))
+            except ConfigError as exc:
+                raise DataError(f"{cache}: {exc}; delete it to recompute") from None
             _check_cached(rankings, split, top, cache)
             log.info("teacher rankings: loaded %s", cache)
             return rankings

@@ -25,18 +25,16 @@ The term is averaged over the batch's users and weighted by ``lambda_rd``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..models import Recommender
 from ..reference import discrepancy_weights
+from ..scoring import Scorer
 from ..unobserved import sample_unobserved
-from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Distillation, MethodOptions, Side, evaluation_mode, option
-
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
+from .base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Batch, Distillation, MethodOptions, Side, evaluation_mode,
+                   option)
 
 __all__ = ["RD", "RDOptions", "position_weights", "rd_weights", "sampled_ranks"]
 
@@ -94,28 +92,22 @@ class RD(Distillation):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.student_rank: torch.Tensor | None = None  # [n_users, K], exact mode
-        self.position: torch.Tensor | None = None
-        self.generator: torch.Generator | None = None
+        self.position = position_weights(self.options.positives, self.options.temperature, self.context.device)
         self.epoch = 0
 
-    def on_train_start(self, trainer: "Trainer") -> None:
-        super().on_train_start(trainer)
-        self.generator = trainer.generator  # the sampled rank estimate draws from the checkpointed stream
-        self.position = position_weights(self.options.positives, self.options.temperature, trainer.device)
-
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         o, self.epoch = self.options, epoch
         since = epoch - o.warmup
         if o.rank_estimate == "exact" and since >= 0 and since % o.rank_every == 0:
-            side = self.sides["user"]
-            self.student_rank = side.catalogue_ranks(trainer.model, self._top(side))
+            side = self.side("user")
+            self.student_rank = side.catalogue_ranks(self.student, self._top(side))
         return {}
 
     def _top(self, side: Side) -> torch.Tensor:
         return side.top[:, :self.options.positives]
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
-        o, side = self.options, self.sides["user"]
+    def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
+        o, side = self.options, self.side("user")
         rows = self.batch_rows(side, batch)
         cols = self._top(side)[rows]
         scores = side.scores(model, rows, cols)
@@ -124,7 +116,7 @@ class RD(Distillation):
             if o.rank_estimate == "exact":
                 ranks = self.student_rank[rows]
             else:
-                samples = sample_unobserved(side.observed, rows, o.rank_samples, generator=self.generator)
+                samples = sample_unobserved(side.observed, rows, o.rank_samples, generator=self.context.generator)
                 with evaluation_mode(model):
                     sample_scores = side.scores(model, rows, samples)
                     ranks = sampled_ranks(scores.detach(), sample_scores, side.n_cols - side.observed.counts[rows])

@@ -13,18 +13,14 @@ above the uninteresting set. Per batch it is averaged over the batch's rows
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
-from ..models import Recommender
 from ..ops import weighted_sample
+from ..scoring import Scorer
 from ..unobserved import sample_unobserved
-from .base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SIDES, Distillation, MethodOptions, Side, listwise_losses,
-                   option)
+from .base import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SIDES, Batch, Distillation, MethodOptions, Side,
+                   listwise_losses, option)
 
-if TYPE_CHECKING:
-    from ..trainer import Batch, Trainer
 
 __all__ = ["RRD", "RRDOptions", "sample_interesting", "sample_uninteresting"]
 
@@ -78,11 +74,12 @@ class RRD(Distillation):
                  ("ir_rrd", "item", o.lambda_ir, o.item_interesting, o.item_uninteresting)]
         return [term for term in terms if term[2] > 0]
 
-    def resample(self, trainer: "Trainer", epoch: int) -> dict[str, torch.Tensor]:
+    def resample(self, epoch: int) -> dict[str, torch.Tensor]:
+        generator = self.context.generator
         for _, side_name, _, k, l in self._relaxed_terms():
-            side = self.sides[side_name]
-            self.lists[side_name] = (sample_interesting(side, k, self.options.temperature, trainer.generator),
-                                     sample_uninteresting(side, l, trainer.generator))
+            side = self.side(side_name)
+            self.lists[side_name] = (sample_interesting(side, k, self.options.temperature, generator),
+                                     sample_uninteresting(side, l, generator))
         return {}
 
     def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:
@@ -91,14 +88,14 @@ class RRD(Distillation):
         return [(loss_name, side_name, weight, self.lists[side_name])
                 for loss_name, side_name, weight, _, _ in self._relaxed_terms()]
 
-    def losses(self, model: Recommender, batch: "Batch") -> dict[str, torch.Tensor]:
+    def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
         terms = self.listwise_terms()
         out = {}
         for side_name in SIDES:  # one scoring call per side for all of its terms
             on_side = [term for term in terms if term[1] == side_name]
             if not on_side:
                 continue
-            side = self.sides[side_name]
+            side = self.side(side_name)
             values = listwise_losses(model, side, self.batch_rows(side, batch), [term[3] for term in on_side],
                                      self.options.reduction)
             out.update({term[0]: term[2] * value for term, value in zip(on_side, values)})

@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..blocks import row_blocks
 from ..errors import ConfigError
 
-# Upper bound on the elements of the temporaries one block of `score_all`
-# creates (64 MiB of float32), so that ranking the whole catalogue fits memory.
-SCORE_ALL_BUDGET = 1 << 24
 
 
 class Recommender(nn.Module):
@@ -92,8 +90,7 @@ class Recommender(nn.Module):
     def _in_blocks(self, score_block, ids: torch.Tensor, width: int, cost_per_id: int) -> torch.Tensor:
         if len(ids) == 0:
             return torch.empty((0, width), device=self.device)
-        rows = max(1, SCORE_ALL_BUDGET // cost_per_id)
-        return torch.cat([score_block(block) for block in ids.split(rows)])
+        return torch.cat([score_block(ids[start:stop]) for start, stop in row_blocks(len(ids), cost_per_id)])
 
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:
         """``[B, d]``: what a representation distillation method (DE) matches."""

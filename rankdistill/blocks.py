@@ -1,0 +1,38 @@
+"""Work on a score matrix that does not fit memory, a block of rows at a time.
+
+Ranking the whole catalogue for every user (the teacher's top-C lists, DCD's
+corrections, BD's rounds, full evaluation) scores a ``[rows, columns]`` matrix
+that is far too large to hold at once (CiteULike: 5,551 x 16,980; catalogues of
+10^7 items). Everything that does so walks the rows in blocks whose
+temporaries stay within ``SCORE_ALL_BUDGET`` elements, and slices the rows'
+share of a CSR list (the observed columns to exclude) with ``csr_rows``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = ["SCORE_ALL_BUDGET", "csr_rows", "row_blocks"]
+
+# Upper bound on the elements of one block's temporaries (64 MiB of float32).
+SCORE_ALL_BUDGET = 1 << 24
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+def row_blocks(n_rows: int, cost_per_row: int, budget: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive blocks of rows covering ``range(n_rows)``,
+    each of at most ``budget // cost_per_row`` rows (at least one); the
+    default budget is ``SCORE_ALL_BUDGET``."""
+    block = max(1, (SCORE_ALL_BUDGET if budget is None else budget) // max(1, cost_per_row))
+    for start in range(0, n_rows, block):
+        yield start, min(start + block, n_rows)
+
+
+def csr_rows(indptr: Array, indices: Array, start: int, stop: int) -> tuple[Array, Array]:
+    """Rows ``start:stop`` of a CSR list as a CSR list of their own (its
+    ``indptr`` starts at 0), as ``rank_positions``' ``exclude`` takes it."""
+    return indptr[start:stop + 1] - indptr[start], indices[indptr[start]:indptr[stop]]
