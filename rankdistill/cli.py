@@ -18,7 +18,9 @@ input (missing or malformed file, bad option) prints one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
@@ -354,13 +357,16 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
            resume: bool, overwrite: bool, method: MethodFactory | None = None,
            info: dict[str, Any] | None = None) -> tuple[Row, Any]:
     split = split_file.split
-    with run_folder_lock(out):
+    writes = distributed.is_main()  # under torchrun, rank 0 alone writes the run folder
+    with run_folder_lock(out) if writes else contextlib.nullcontext():
         if (out / CHECKPOINT).exists() and not (resume or overwrite):
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-        if overwrite:  # a half-overwritten folder must not mix the old run's files with the new one's
+        distributed.barrier()  # every process has looked before rank 0 clears the folder
+        if overwrite and writes:  # a half-overwritten folder must not mix the old run's files with the new one's
             for name in _run_outputs():
                 (out / name).unlink(missing_ok=True)
-        split_file.save_if_new()
+        if writes:
+            split_file.save_if_new()
         seed_everything(config.seed)
         model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
                             train=_train_csr(split, config.device))
@@ -371,6 +377,7 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
         log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim,
                  f"{model.num_parameters():,}", "no distillation" if plain else f"method {name}", out)
         result = trainer.fit(resume=resume)
+        distributed.barrier()  # rank 0 has written the run's files, which the others may read next
     label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if plain else name
     return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
 
@@ -586,9 +593,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 "train_config": dataclasses.asdict(_train_config(args, seed)), "model_config": model_config,
                 "method_options": options}
 
-    with run_folder_lock(out):
+    with run_folder_lock(out) if distributed.is_main() else contextlib.nullcontext():
         runs = run_grid(out, args.methods, args.seeds, train=train, expected=expected, overwrite=args.overwrite)
-        summary = report(out, runs, table_metrics(args.protocol, _cutoffs_for(args)))
+        summary = report(out, runs, table_metrics(args.protocol, _cutoffs_for(args))) if distributed.is_main() else ""
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
     print(summary)
@@ -615,9 +622,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        batch_size=args.eval_batch_size).evaluate(model, args.part)
     print(f"{split.train.name}, {args.protocol} protocol, {args.part}: {len(result.users)} users")
     print(format_table([Row(f"{model.name} dim {model.dim}", result.means(), model.num_parameters())], cutoffs))
-    if args.json:
+    if args.json and distributed.is_main():
         write_json(args.json, {"checkpoint": str(args.checkpoint), "part": args.part, "protocol": args.protocol,
-                               "metrics": result.means(), **split.identity()})
+                               "metrics": result.means(), **split.identity(),
+                               "world_size": distributed.world_size(), "backend": distributed.backend()})
     return 0
 
 
@@ -660,12 +668,26 @@ def _describe(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
     try:
-        return args.func(args)
-    except (RankdistillError, OSError) as exc:
-        print(f"rankdistill: error: {_describe(exc)}", file=sys.stderr)
+        # Under torchrun: join the process group; rank 0 alone logs, shows progress and prints.
+        distributed.init_from_environment(getattr(args, "device", "cpu"))
+    except (RuntimeError, ValueError) as exc:
+        print(f"rankdistill: error: cannot join the torchrun process group: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rankdistill: interrupted", file=sys.stderr)
-        return 130
+    main_process = distributed.is_main()
+    if not main_process:
+        args.no_progress, args.quiet = True, True
+    _configure_logging(args.quiet)
+    if not main_process:
+        log.setLevel(logging.CRITICAL + 1)
+    with contextlib.redirect_stdout(sys.stdout if main_process else io.StringIO()):
+        try:
+            return args.func(args)
+        except (RankdistillError, OSError) as exc:
+            if main_process:  # every process meets the same mistake: say it once
+                print(f"rankdistill: error: {_describe(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if main_process:
+                print("rankdistill: interrupted", file=sys.stderr)
+            return 130

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .blocks import csr_rows, row_blocks
 from .errors import ConfigError, TrainingDiverged
 from .io import atomic_open
@@ -150,41 +151,43 @@ class Evaluator:
         device = model.device
         was_training = model.training
         model.eval()
-        # Users whose scores are not all finite: a NaN compares false with
-        # everything, so its held-out item would rank first and score a hit.
-        non_finite = torch.zeros((), dtype=torch.int64, device=device)
+        first, last = distributed.row_shard(len(split.eval_users))  # this process's users (all, for one)
+        ranks, non_finite = [], []
         try:
-            ranks = []
-            for start, stop in row_blocks(len(split.eval_users), 1, budget=self.batch_size):
-                batch_ranks, batch_non_finite = self._batch_ranks(model, part, start, stop, device)
+            for start, stop in row_blocks(last - first, 1, budget=self.batch_size):
+                batch_ranks, batch_non_finite = self._batch_ranks(model, part, first + start, first + stop, device)
                 ranks.append(batch_ranks)
-                non_finite += batch_non_finite
+                non_finite.append(batch_non_finite)
         finally:
             model.train(was_training)
-        if int(non_finite):
-            raise TrainingDiverged(f"the model's scores are NaN or infinite for {int(non_finite)} of "
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        ranks = distributed.gather_rows(torch.cat(ranks) if ranks else empty, len(split.eval_users))
+        # Users whose scores are not all finite: a NaN compares false with
+        # everything, so its held-out item would rank first and score a hit.
+        non_finite = int(distributed.gather_rows(torch.cat(non_finite) if non_finite else empty,
+                                                 len(split.eval_users)).sum())
+        if non_finite:
+            raise TrainingDiverged(f"the model's scores are NaN or infinite for {non_finite} of "
                                    f"{len(split.eval_users)} evaluated users: it cannot be evaluated "
                                    "(its training diverged, or its weights are corrupted)")
-        ranks = torch.cat(ranks).cpu().numpy()
+        ranks = ranks.cpu().numpy()
         return EvalResult(part, self.protocol, split.eval_users, ranks, metrics_from_ranks(ranks, self.cutoffs))
 
     def _batch_ranks(self, model: Recommender, part: str, start: int, stop: int,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Ranks ``[B]`` of the held-out items of evaluated users ``start:stop``,
-        and how many of them have a non-finite score."""
+        and which of them have a non-finite score (int64 0/1 ``[B]``)."""
         users = torch.as_tensor(self.split.eval_users[start:stop], device=device)
         targets = torch.as_tensor(self.split.targets(part)[start:stop], device=device)
         if self.protocol == "sampled":
             candidates = torch.as_tensor(self.split.candidates(part)[start:stop], device=device)
             scores = model.score_items(users, torch.cat([targets[:, None], candidates], dim=1))
-            ranks = sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates)
-        else:
-            batch_indptr, batch_indices = (torch.as_tensor(a, device=device)
-                                           for a in csr_rows(*self._excluded(part), start, stop))
-            scores = model.score_all(users)
-            non_finite = (~torch.isfinite(scores).all(dim=1)).sum()
-            if int(non_finite):  # rank_positions would refuse NaN: report it in the evaluation's words
-                return torch.zeros_like(targets), non_finite
-            ranks = rank_positions(scores, targets[:, None], exclude=(batch_indptr, batch_indices))[:, 0]
-            return ranks, non_finite
-        return ranks, (~torch.isfinite(scores).all(dim=1)).sum()
+            non_finite = (~torch.isfinite(scores).all(dim=1)).long()
+            return sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates), non_finite
+        batch_indptr, batch_indices = (torch.as_tensor(a, device=device)
+                                       for a in csr_rows(*self._excluded(part), start, stop))
+        scores = model.score_all(users)
+        non_finite = (~torch.isfinite(scores).all(dim=1)).long()
+        if bool(non_finite.any()):  # rank_positions would refuse NaN: report it in the evaluation's words
+            return torch.zeros_like(targets), non_finite
+        return rank_positions(scores, targets[:, None], exclude=(batch_indptr, batch_indices))[:, 0], non_finite

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import ConfigError, DataError, TrainingDiverged
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, EvalResult, Evaluator, metric_names
 from .io import torch_load, torch_save, write_json
@@ -207,7 +208,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.split = split
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.info = {**(info or {}), **split.identity()}
+        # Under torchrun every process trains; rank 0 alone writes (the others read a checkpoint to resume).
+        self.writes = distributed.is_main()
+        self.info = {**(info or {}), **split.identity(), "world_size": distributed.world_size(),
+                     "backend": distributed.backend()}
         self.evaluator = Evaluator(split, protocol=self.config.protocol, cutoffs=self.config.cutoffs,
                                    batch_size=self.config.eval_batch_size)
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
@@ -252,7 +256,7 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stopped_early:
             self._run_epoch(self.epoch)
             self.epoch += 1
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and self.writes:
                 self._save_checkpoint(self.checkpoint_path)
         if self.best is None:
             raise ConfigError("no validation has run yet; train for more epochs")
@@ -262,6 +266,8 @@ class Trainer:
         config = self.config
         n_batches = math.ceil(len(self.train_users) / config.batch_size)
         start = time.perf_counter()
+        # The processes rank rows of one model: rank 0's (the others' replicas may drift by rounding).
+        distributed.broadcast_modules(self.models.values())
         self.method.refresh(epoch, batches=n_batches)
         refresh_seconds = time.perf_counter() - start
         self._note_diagnostics()
@@ -394,7 +400,7 @@ class Trainer:
                                                      for r in self.history])) if self.history else float("nan"),
             extra=self._finish_co_trained(),
         )
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.writes:
             self._write_outputs(result)
         return result
 
@@ -412,7 +418,7 @@ class Trainer:
             out.update({f"{name}_best_epoch": best["epoch"], f"{name}_valid": best["valid"],
                         f"{name}_test": result.means(), f"{name}_model_config": model.config(),
                         f"{name}_num_parameters": model.num_parameters()})
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.writes:
                 where = {key: self.info[key] for key in ("data", "split_file") if key in self.info}
                 save_model(self.out_dir / f"{name}.pt", model, role=name, method=self.method.name, **where,
                            **self.split.identity(), best_epoch=best["epoch"], valid=best["valid"], test=result.means())

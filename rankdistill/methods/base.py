@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
+from .. import distributed
 from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError
 from ..ops import rank_positions, relaxed_listmle
@@ -163,13 +164,16 @@ class Side:
         """``[n_rows, T]``: each target column's 0-based position in the model's
         ranking of all columns of its row, observed columns excluded (padding
         -1 gets a meaningless rank: mask it)."""
-        out = torch.empty(targets.shape, dtype=torch.int64, device=self.device)
+        first, last = distributed.row_shard(self.n_rows)  # this process's rows; all of them for one process
+        out = torch.empty((last - first, *targets.shape[1:]), dtype=torch.int64, device=self.device)
         with evaluation_mode(model):
-            for start, stop in row_blocks(self.n_rows, self.n_cols):
+            for start, stop in row_blocks(last - first, self.n_cols):
+                start, stop = first + start, first + stop
                 scores = self.score_all(model, torch.arange(start, stop, device=self.device))
                 exclude = csr_rows(self.indptr, self.indices, start, stop)
-                out[start:stop] = rank_positions(scores, targets[start:stop].clamp_min(0), exclude=exclude)
-        return out
+                out[start - first:stop - first] = rank_positions(scores, targets[start:stop].clamp_min(0),
+                                                                 exclude=exclude)
+        return distributed.gather_rows(out, self.n_rows)
 
     def candidate_ranks(self, model: Scorer, candidates: torch.Tensor) -> torch.Tensor:
         """``[n_rows, C]``: each candidate's position in the model's ranking of

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .. import blocks
+from .. import blocks, distributed
 from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
@@ -93,12 +93,13 @@ def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tens
     (CSR) columns of each row left out; ``score_rows(rows)`` gives ``[b, n_cols]``."""
     indptr, indices = observed
     top = min(top, n_cols)
-    out = torch.empty((n_rows, top), dtype=torch.int64, device=indptr.device)
-    for start, stop in tqdm(list(row_blocks(n_rows, n_cols)), desc=desc, unit="block", leave=False,
+    first, last = distributed.row_shard(n_rows)  # this process's rows; all of them for one process
+    out = torch.empty((last - first, top), dtype=torch.int64, device=indptr.device)
+    for start, stop in tqdm(list(row_blocks(last - first, n_cols)), desc=desc, unit="block", leave=False,
                             disable=not progress):
-        values, columns = _masked_rows(score_rows, start, stop, indptr, indices).topk(top, dim=1)
+        values, columns = _masked_rows(score_rows, first + start, first + stop, indptr, indices).topk(top, dim=1)
         out[start:stop] = _padded(values, columns)
-    return out
+    return distributed.gather_rows(out, n_rows)
 
 
 def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interactions: InteractionMatrix, top: int,
@@ -162,7 +163,10 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
                           f"the interactions have {interactions.n_users} x {interactions.n_items}")
     score_all_users = getattr(teacher, "score_all_users", None)
     block = max(1, blocks.SCORE_ALL_BUDGET // interactions.n_items)
-    one_pass = score_all_users is None or getattr(teacher, "scores_each_pair", False)
+    # Across processes the item side is ranked by rows like the user side:
+    # running lists merged from several processes would order ties differently.
+    one_pass = (score_all_users is None or getattr(teacher, "scores_each_pair", False)) and \
+        distributed.world_size() == 1
     was_training = getattr(teacher, "training", None)
     if was_training is not None:
         teacher.eval()

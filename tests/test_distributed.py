@@ -1,0 +1,106 @@
+"""Two processes under torchrun (gloo, CPU) give the one-process results, bit
+for bit: the row-sharded teacher rankings, DCD's corrections, RD's ranks,
+evaluation; rank 0 alone writes and speaks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rankdistill import distributed
+from rankdistill.cli import main
+from rankdistill.data import synthetic
+from rankdistill.io import torch_load
+
+from distill_setup import write_users_dat
+
+TIMING = ("seconds", "refresh_seconds", "diagnostic_seconds")
+
+
+def torchrun(*argv, cwd):
+    """``rankdistill`` under ``torchrun --nproc_per_node 2`` (standalone, on this machine)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "rankdistill", *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dist")
+    data = synthetic(150, 400, n_factors=6, mean_interactions=15, min_interactions=5, seed=2)
+    users_dat = write_users_dat(data, folder / "users.dat")
+    assert main(["teacher", "--data", str(users_dat), "--dim", "16", "--epochs", "3", "--lr", "0.02",
+                 "--eval-candidates", "60", "--out", str(folder / "teacher"), "--no-progress", "-q"]) == 0
+    return folder, users_dat
+
+
+def _same_run(one, two):
+    a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    clean = [[{k: v for k, v in r.items() if k not in TIMING} for r in x["history"]] for x in (a, b)]
+    weights = [torch_load(d / "best.pt", "model file")["state_dict"] for d in (one, two)]
+    assert a["test"] == b["test"] and clean[0] == clean[1]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert (a["world_size"], a["backend"], b["world_size"], b["backend"]) == (1, None, 2, "gloo")
+
+
+@pytest.mark.parametrize("method, options", [("dcd", []), ("rd", ["-o", "warmup=0", "-o", "rank_every=1"])])
+def test_two_processes_train_exactly_one_process_run(setup, method, options):
+    folder, users_dat = setup
+    args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", method,
+            *options, "--top", "40", "--dim", "8", "--epochs", "3", "--lr", "0.01", "--no-progress", "-q"]
+    proc = torchrun(*args, "--out", folder / f"{method}-2", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("saved:") == 1  # rank 0 alone prints
+    # the teacher's top-40 lists were ranked by two processes and cached: one process ranks them again
+    cache = folder / "teacher" / "best-rankings-c40.pt"
+    two = torch_load(cache, "rankings cache")
+    cache.unlink()
+    assert main([*map(str, args), "--out", str(folder / f"{method}-1")]) == 0
+    one = torch_load(cache, "rankings cache")
+    assert torch.equal(one["items_of_user"], two["items_of_user"]) and torch.equal(one["users_of_item"],
+                                                                                   two["users_of_item"])
+    _same_run(folder / f"{method}-1", folder / f"{method}-2")
+    assert sorted(p.name for p in (folder / f"{method}-2").iterdir()) == sorted(
+        p.name for p in (folder / f"{method}-1").iterdir())
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_two_processes_evaluate_like_one(setup, protocol):
+    folder, _ = setup
+    model = folder / "teacher" / "best.pt"
+    proc = torchrun("evaluate", model, "--protocol", protocol, "--json", folder / f"eval-{protocol}-2.json", "-q",
+                    cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert main(["evaluate", str(model), "--protocol", protocol, "--json", str(folder / f"eval-{protocol}-1.json"),
+                 "-q"]) == 0
+    one, two = (json.loads((folder / f"eval-{protocol}-{n}.json").read_text()) for n in (1, 2))
+    assert one["metrics"] == two["metrics"] and two["world_size"] == 2
+
+
+def test_a_mistake_is_said_once(setup):
+    folder, users_dat = setup
+    proc = torchrun("distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "-o", "mu=nan",
+                    "--out", folder / "bad", cwd=folder)
+    assert proc.returncode != 0
+    assert proc.stderr.count("rankdistill: error: ") == 1 and "option mu must be a finite number" in proc.stderr
+    assert not (folder / "bad").exists()
+
+
+def test_row_shards_cover_the_rows_in_order():
+    for n in (0, 1, 5, 10):
+        for size in (1, 2, 3, 4):
+            shards = [distributed.row_shard_of(n, r, size) for r in range(size)]
+            assert shards[0][0] == 0 and shards[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(shards, shards[1:]))
+            lengths = [stop - start for start, stop in shards]
+            assert max(lengths) - min(lengths) <= 1
+    # one process: the identity
+    assert distributed.row_shard(7) == (0, 7) and distributed.world_size() == 1
+    rows = torch.arange(12).view(6, 2)
+    assert torch.equal(distributed.gather_rows(rows, 6), rows)
+    assert np.array_equal(distributed.row_shard_of(10, 1, 3), (4, 7))
