@@ -691,3 +691,5 @@ def main(argv: list[str] | None = None) -> int:
             if main_process:
                 print("rankdistill: interrupted", file=sys.stderr)
             return 130
+        finally:
+            distributed.shutdown()

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["backend", "barrier", "broadcast_modules", "gather_rows", "init_from_environment", "is_main", "rank", "row_shard",
-           "row_shard_of", "world_size"]
+           "row_shard_of", "shutdown", "world_size"]
 
 # A collective that waits longer than this for a process that failed ends the run.
 _TIMEOUT = datetime.timedelta(minutes=30)
@@ -47,6 +47,13 @@ def init_from_environment(device: str | torch.device = "cpu") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if on_cuda else "gloo", timeout=_TIMEOUT)
     return True
+
+
+def shutdown() -> None:
+    """Leave the process group, if one was joined (before the interpreter
+    exits: a group torn down at exit can abort the process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _active() -> bool:

@@ -23,7 +23,7 @@ TIMING = ("seconds", "refresh_seconds", "diagnostic_seconds")
 
 def torchrun(*argv, cwd):
     """``rankdistill`` under ``torchrun --nproc_per_node 2`` (standalone, on this machine)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # traffic stays on the loopback
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "rankdistill", *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
