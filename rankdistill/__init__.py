@@ -19,6 +19,7 @@ The public face, usable in any training loop (docs/library.md walks through it):
 """
 
 from . import ops, reference
+from .errors import ConfigError, DataError, RankdistillError, TrainingDiverged
 from .methods import (BD, CD, DCD, DE, DERRD, IBD, METHODS, RD, RRD, DistillContext, Distillation, MethodOptions,
                       TeacherRankings, build_method, compute_rankings, method_options)
 from .ops import discrepancy_sample, rank_positions, relaxed_listmle, weighted_sample
@@ -32,5 +33,7 @@ __all__ = [
     # the methods
     "Distillation", "MethodOptions", "RD", "CD", "RRD", "DE", "DERRD", "DCD", "BD", "IBD", "METHODS", "build_method",
     "method_options",
+    # errors
+    "RankdistillError", "ConfigError", "DataError", "TrainingDiverged",
 ]
 __version__ = "0.1.0"

@@ -79,6 +79,16 @@ class EmbeddingScorer(nn.Module):
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.module = module  # registered as a submodule: train()/eval() reach it
 
+    @property
+    def device(self) -> torch.device:
+        """Where the embeddings live: the first parameter of ``module`` (or of
+        ``user_embeddings`` if it is a module); the CPU otherwise."""
+        for source in (self.module, self.user_embeddings):
+            if isinstance(source, nn.Module):
+                for p in source.parameters():
+                    return p.device
+        return torch.device("cpu")
+
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_embeddings(users)
 

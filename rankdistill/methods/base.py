@@ -101,6 +101,10 @@ class DistillContext:
                                   "wrap your model in rankdistill.EmbeddingScorer or implement the four methods")
         self.student = student
         self.interactions: InteractionMatrix = as_interactions(interactions, self.device)
+        sizes = (getattr(student, "n_users", None), getattr(student, "n_items", None))
+        if sizes != (None, None) and sizes != (self.interactions.n_users, self.interactions.n_items):
+            raise ConfigError(f"the student is for {sizes[0]} users x {sizes[1]} items, the interactions have "
+                              f"{self.interactions.n_users} x {self.interactions.n_items}")
         self.seed = int(seed)
         self.epochs = epochs
 
@@ -133,6 +137,9 @@ class Side:
         if self.top.dim() != 2 or self.top.shape[0] != self.n_rows:
             raise ConfigError(f"the teacher's {name}-side lists must be [{self.n_rows}, C], got "
                               f"{list(self.top.shape)}")
+        if self.top.numel() and (int(self.top.min()) < -1 or int(self.top.max()) >= self.n_cols):
+            raise ConfigError(f"the teacher's {name}-side lists hold ids outside [-1, {self.n_cols}) "
+                              f"(found [{int(self.top.min())}, {int(self.top.max())}])")
         self.observed_rows = torch.repeat_interleave(torch.arange(self.n_rows, device=device), self.indptr.diff())
         self.observed = ObservedItems(self.observed_rows, self.indices, self.n_rows, self.n_cols, device)
         self.teacher_rank = torch.arange(self.top.shape[1], device=device).expand_as(self.top).contiguous()

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..ops import discrepancy_sample
 from ..reference import discrepancy_weights
 from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Side, option
@@ -79,6 +80,9 @@ class DCD(RRD):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.corrections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.sides:  # every corrected side has its teacher lists (a clear error now, not at refresh)
+            for _, side_name, _ in self._corrected_sides():
+                self.side(side_name)
 
     def _corrected_sides(self) -> list[tuple[str, str, float]]:
         o = self.options
@@ -102,6 +106,11 @@ class DCD(RRD):
         return catalogue_ranks
 
     def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:
+        missing = [side for _, side, _ in self._corrected_sides() if side not in self.corrections]
+        if missing:
+            raise ConfigError(f"{self.name}: no {' and '.join(missing)}-side correction yet: corrections are made "
+                              f"at epochs 0, {self.options.correct_every}, ...; start refreshing at epoch 0 or "
+                              "load the method's state_dict")
         return super().listwise_terms() + [(loss_name, side_name, weight, self.corrections[side_name])
                                            for loss_name, side_name, weight in self._corrected_sides()]
 

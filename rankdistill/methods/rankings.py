@@ -70,10 +70,14 @@ class TeacherRankings:
                                None if self.users_of_item is None else self.users_of_item.to(device))
 
 
-def _masked_rows(score_rows, start: int, stop: int, indptr: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+def _masked_rows(score_rows, start: int, stop: int, indptr: torch.Tensor, indices: torch.Tensor,
+                 n_cols: int) -> torch.Tensor:
     """Scores of rows ``start:stop`` (float32), their observed (CSR) columns set to -inf."""
     device = indptr.device
     scores = score_rows(torch.arange(start, stop, device=device)).float()
+    if tuple(scores.shape) != (stop - start, n_cols):
+        raise ConfigError(f"the teacher's scores of {stop - start} rows x {n_cols} columns came as "
+                          f"{list(scores.shape)}")
     if not bool(torch.isfinite(scores).all()):  # topk would rank NaN first
         raise TrainingDiverged(f"the teacher's scores of rows {start}..{stop - 1} are NaN or infinite: "
                                "its rankings would be garbage (a diverged or corrupted teacher)")
@@ -97,7 +101,8 @@ def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tens
     out = torch.empty((last - first, top), dtype=torch.int64, device=indptr.device)
     for start, stop in tqdm(list(row_blocks(last - first, n_cols)), desc=desc, unit="block", leave=False,
                             disable=not progress):
-        values, columns = _masked_rows(score_rows, first + start, first + stop, indptr, indices).topk(top, dim=1)
+        scores = _masked_rows(score_rows, first + start, first + stop, indptr, indices, n_cols)
+        values, columns = scores.topk(top, dim=1)
         out[start:stop] = _padded(values, columns)
     return distributed.gather_rows(out, n_rows)
 
@@ -116,7 +121,7 @@ def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interacti
     best_users = torch.full((n_items, top_users), -1, dtype=torch.int64, device=device)
     for start, stop in tqdm(list(row_blocks(n_users, n_items)), desc="teacher: top items and users", unit="block",
                             leave=False, disable=not progress):
-        scores = _masked_rows(score_all, start, stop, indptr, indices)
+        scores = _masked_rows(score_all, start, stop, indptr, indices, n_items)
         values, columns = scores.topk(top_items, dim=1)
         items_of_user[start:stop] = _padded(values, columns)
         # columns 0..C-1 of the merge are the running best, C.. the block's users
