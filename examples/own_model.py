@@ -210,17 +210,23 @@ def students(data: Data, args: argparse.Namespace, rankings: rankdistill.Teacher
         print(f"student with {name}: test H@5 = {data.test_h5(student):.4f}", flush=True)
 
 
-def main() -> None:
-    args = arguments(__doc__.split("\n\n")[0])
-    start = time.perf_counter()
+def start(description: str) -> tuple[argparse.Namespace, "Data", float]:
+    """The command line, the data (announced) and the start time: what both examples begin with."""
+    args = arguments(description)
+    started = time.perf_counter()
     data = Data()
     print(f"synthetic data: {data.n_users} users, {data.n_items} items, {len(data.users)} training pairs; "
           f"{args.epochs} epochs, seed {args.seed}", flush=True)
+    return args, data, started
+
+
+def main() -> None:
+    args, data, started = start(__doc__.split("\n\n")[0])
     teacher = train_teacher(data, args)
     # The teacher's top-C items of each user and top-C users of each item, training pairs left out.
     rankings = rankdistill.compute_rankings(scorer_of(teacher), data.interactions, top=TOP)
     students(data, args, rankings)
-    print(f"({time.perf_counter() - start:.0f} s)")
+    print(f"({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

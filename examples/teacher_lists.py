@@ -23,7 +23,7 @@ import time
 import torch
 
 import rankdistill
-from own_model import TOP, Data, arguments, students, train_teacher  # this folder's other example
+from own_model import TOP, start, students, train_teacher  # this folder's other example
 
 
 def top_lists(scores: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
@@ -41,11 +41,7 @@ def top_lists(scores: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
 
 
 def main() -> None:
-    args = arguments(__doc__.split("\n\n")[0])
-    start = time.perf_counter()
-    data = Data()
-    print(f"synthetic data: {data.n_users} users, {data.n_items} items, {len(data.users)} training pairs; "
-          f"{args.epochs} epochs, seed {args.seed}", flush=True)
+    args, data, started = start(__doc__.split("\n\n")[0])
 
     # --- elsewhere: the teacher's side, which hands over its lists and nothing else.
     teacher = train_teacher(data, args)
@@ -59,7 +55,7 @@ def main() -> None:
 
     # --- here: the student's side, with the lists only.
     students(data, args, rankings)
-    print(f"({time.perf_counter() - start:.0f} s)")
+    print(f"({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
