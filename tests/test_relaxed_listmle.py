@@ -81,13 +81,16 @@ def test_reductions(device, reduction):
     torch.testing.assert_close(got[0], combined)
 
 
+def leaf_case(device, with_masks, seed):
+    """A float64 case on ``device``: scores as leaves that require grad, masks (or None)."""
+    ranked, tail, rm, tm = random_case(4, 5, 3, torch.float64, with_masks, seed=seed)
+    return (ranked.to(device).requires_grad_(), tail.to(device).requires_grad_(),
+            None if rm is None else rm.to(device), None if tm is None else tm.to(device))
+
+
 @pytest.mark.parametrize("with_masks", [False, True])
 def test_gradcheck(device, with_masks):
-    ranked, tail, rm, tm = random_case(4, 5, 3, torch.float64, with_masks, seed=7)
-    r = ranked.to(device).requires_grad_()
-    t = tail.to(device).requires_grad_()
-    rm = None if rm is None else rm.to(device)
-    tm = None if tm is None else tm.to(device)
+    r, t, rm, tm = leaf_case(device, with_masks, seed=7)
     assert torch.autograd.gradcheck(
         lambda a, b: ops.relaxed_listmle(a, b, ranked_mask=rm, tail_mask=tm, reduction="none"), (r, t)
     )
@@ -97,11 +100,7 @@ def test_gradcheck(device, with_masks):
 def test_gradgradcheck(device, with_masks):
     # Second derivatives (create_graph=True) against finite differences of
     # the first, w.r.t. both inputs, each alone, and through a non-leaf input.
-    ranked, tail, rm, tm = random_case(4, 5, 3, torch.float64, with_masks, seed=17)
-    r = ranked.to(device).requires_grad_()
-    t = tail.to(device).requires_grad_()
-    rm = None if rm is None else rm.to(device)
-    tm = None if tm is None else tm.to(device)
+    r, t, rm, tm = leaf_case(device, with_masks, seed=17)
 
     def loss(a, b):
         return ops.relaxed_listmle(a, b, ranked_mask=rm, tail_mask=tm, reduction="none")
