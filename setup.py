@@ -8,6 +8,7 @@ visible. Build against the installed torch: pip install --no-build-isolation .
 
 import glob
 import os
+import re
 import sys
 
 from setuptools import find_packages, setup
@@ -68,9 +69,15 @@ def _extension():
     )
 
 
+def _version():
+    # The version is written once, in rankdistill/__init__.py.
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "rankdistill", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
 setup(
     name="rankdistill",
-    version="0.1.0",
+    version=_version(),
     description="Fast, exact ranking knowledge distillation for recommender systems",
     packages=find_packages(include=["rankdistill", "rankdistill.*"]),
     python_requires=">=3.10",

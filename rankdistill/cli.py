@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import __version__, distributed
 from .data import FORMATS, Interactions, kcore, load, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
@@ -207,6 +207,7 @@ def _teacher_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rankdistill", description="Ranking knowledge distillation for recommender systems.")
+    parser.add_argument("--version", action="version", version=f"rankdistill {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     common, data, evaluation, training = _common_options(), _data_options(), _eval_options(), _train_options()
 
@@ -667,7 +668,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `rankdistill`: what it can do
+        parser.print_help(sys.stderr)
+        print("rankdistill: error: a command is required (see above)", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         # Under torchrun: join the process group; rank 0 alone logs, shows progress and prints.
         distributed.init_from_environment(getattr(args, "device", "cpu"))

@@ -2,10 +2,12 @@
 resume and evaluate work end to end on a small file."""
 
 import json
+import os
 import re
 import struct
 import subprocess
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rankdistill import cli
+from rankdistill import __version__, cli
 from rankdistill.cli import main
 from rankdistill.compare import Run, format_summary, markdown_summary, paired_tests, plot_curves, summarize, table_metrics
 from rankdistill.data import synthetic
@@ -71,7 +73,7 @@ def test_malformed_file_names_the_line(capsys, tmp_path):
     (["train", "--lr", "0", "--epochs", "1"], "lr must be a positive number"),
     (["train", "--device", "nonsense"], "unknown device"),
     (["train", "--sep", ","], "need --data"),
-    ([], "required: COMMAND"),
+    ([], "a command is required"),
 ])
 def test_bad_options(capsys, tmp_path, argv, fragment):
     line = run_error(capsys, *argv, *(["--out", str(tmp_path / "r")] if argv else []))
@@ -329,3 +331,24 @@ def test_paired_test_p_below_the_smallest_double_is_not_printed_as_zero():
     table = summarize(runs, ("H@5",))
     for text in (format_summary(table, tests, ("H@5",)), markdown_summary(table, tests, ("H@5",))):
         assert "p < 1e-300" in text and "p = 0" not in text
+
+
+def test_version_and_a_bare_command(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0 and capsys.readouterr().out.strip() == f"rankdistill {__version__}"
+    code = main([])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("usage: rankdistill") and err.strip().endswith("a command is required (see above)")
+
+
+def test_the_sdist_holds_every_source_the_build_compiles(tmp_path):
+    # Before: no MANIFEST.in, so the sdist had no .h/.cuh/.cu file and did not build.
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=REPO, check=True,
+                   capture_output=True, env={**os.environ, "RANKDISTILL_WITH_CUDA": "0"}, timeout=300)
+    (archive,) = tmp_path.glob("rankdistill-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        packed = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    sources = {str(p.relative_to(REPO)) for p in (REPO / "csrc").rglob("*") if p.suffix in (".h", ".cuh", ".cpp", ".cu")}
+    assert sources and sources <= packed
+    assert {"LICENSE", "MANIFEST.in", "setup.py", "rankdistill/__init__.py"} <= packed
