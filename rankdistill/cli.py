@@ -438,6 +438,25 @@ def _method_overrides(args: argparse.Namespace, method: str) -> dict[str, str]:
     return overrides
 
 
+def _check_options_apply(args: argparse.Namespace, methods: list[str] | tuple[str, ...]) -> None:
+    """A ``KEY=VALUE`` option that no method of this command has would be
+    dropped silently (``distill --method rrd -o lambda_ucd=0.1`` trained plain
+    RRD): refuse it. The teacher-alone row reads BD's ``teacher_dim``."""
+    runs = [m for m in methods if m != TEACHER_BASELINE]
+    keys = {key for m in runs for key in method_options(m).__dataclass_fields__}
+    if TEACHER_BASELINE in methods:
+        keys.add("teacher_dim")
+    known = {key for m in METHODS for key in method_options(m).__dataclass_fields__}
+    for text in args.option:
+        target, _, assignment = text.rpartition(":")
+        key = assignment.partition("=")[0].strip()
+        if not target and key in known - keys:  # keys no method has at all are named as such later
+            which = (f"method {methods[0]} has no option {key!r}" if len(methods) == 1 else
+                     f"none of the methods run ({', '.join(methods)}) has an option {key!r}")
+            raise ConfigError(f"--option {text!r}: {which}, so it would be ignored; to set it for one method "
+                              "say METHOD:KEY=VALUE (see `rankdistill methods`)")
+
+
 # Bytes to train one parameter: float32 weights, gradients and Adam's two moments.
 _BYTES_PER_TRAINED_PARAMETER = 16
 # Bytes per negative while an epoch's negatives are drawn (trainer, sample_unobserved):
@@ -457,6 +476,7 @@ def _validate_before_work(args: argparse.Namespace, methods: list[str] | tuple[s
     dim = args.dim or DEFAULT_DIMS[args.role]
     dims = [(f"--dim {dim}", dim)]
     if methods:
+        _check_options_apply(args, methods)
         # Every method's options, the runs' first (an error names one of them):
         # a bad -o value is a mistake even where no run of this command reads it.
         for name in dict.fromkeys([*methods, *METHODS]):

@@ -178,6 +178,12 @@ def test_distill_errors(capsys, users_dat, teacher_run, tmp_path):
     assert "no method has an option 'nope'" in run_error(capsys, "distill", *common, "-o", "nope=1")
     assert "expected KEY=VALUE" in run_error(capsys, "distill", *common, "-o", "lambda_rrd")
     assert "unknown method(s) 'xyz'" in run_error(capsys, "compare", *common, "--methods", "rrd,xyz")
+    # Before: an option of another method was dropped silently (plain RRD trained).
+    line = run_error(capsys, "distill", *common, "--method", "rrd", "-o", "lambda_ucd=0.1")
+    assert "method rrd has no option 'lambda_ucd', so it would be ignored" in line
+    line = run_error(capsys, "compare", *common, "--methods", "student,rrd", "-o", "mu=0.1")
+    assert "none of the methods run (student, rrd) has an option 'mu'" in line
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------- every option checked before any work
