@@ -696,10 +696,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # Under torchrun: join the process group; rank 0 alone logs, shows progress and prints.
-        distributed.init_from_environment(getattr(args, "device", "cpu"))
+        joined = distributed.init_from_environment(getattr(args, "device", "cpu"))
     except (RuntimeError, ValueError) as exc:
         print(f"rankdistill: error: cannot join the torchrun process group: {exc}", file=sys.stderr)
         return 2
+    code = _run(args)
+    if joined:
+        # Leave without tearing the process group down: destroying gloo's and
+        # the store's threads (at interpreter exit, or by destroy_process_group)
+        # aborted a process now and then (SIGABRT, "terminate called without an
+        # active exception"), turning a finished run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its mistakes said once (by rank 0 under torchrun)."""
     main_process = distributed.is_main()
     if not main_process:
         args.no_progress, args.quiet = True, True
@@ -717,5 +731,3 @@ def main(argv: list[str] | None = None) -> int:
             if main_process:
                 print("rankdistill: interrupted", file=sys.stderr)
             return 130
-        finally:
-            distributed.shutdown()

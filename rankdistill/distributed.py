@@ -50,8 +50,9 @@ def init_from_environment(device: str | torch.device = "cpu") -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group, if one was joined (before the interpreter
-    exits: a group torn down at exit can abort the process)."""
+    """Leave the process group, if one was joined (a library user's end of a
+    distributed run; the command line ends its processes with ``os._exit``
+    instead, see ``cli.main``)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
