@@ -358,3 +358,34 @@ def test_the_sdist_holds_every_source_the_build_compiles(tmp_path):
     sources = {str(p.relative_to(REPO)) for p in (REPO / "csrc").rglob("*") if p.suffix in (".h", ".cuh", ".cpp", ".cu")}
     assert sources and sources <= packed
     assert {"LICENSE", "MANIFEST.in", "setup.py", "rankdistill/__init__.py"} <= packed
+
+
+def test_paired_tests_over_seeds_and_users_with_holm():
+    """The issue's case: per-seed differences +0.015, +0.022, -0.011 (p = 0.47
+    over seeds) against a tiny p over users; Holm multiplies the smallest of
+    three p-values by 3, the next by 2."""
+    rng = np.random.default_rng(0)
+    base = rng.random(4000)
+    def run(method, seed, shift):
+        values = np.clip(base + shift + rng.normal(0, 0.01, base.size), 0, 1)
+        return Run(method, seed, {"test": {"H@5": float(values.mean())}, "seconds_per_epoch": 1.0, "best_epoch": 0},
+                   {"H@5": values})
+    runs = {"rrd": [run("rrd", s, 0.0) for s in range(3)],
+            "dcd": [run("dcd", s, d) for s, d in zip(range(3), (0.015, 0.022, -0.011))],
+            "student": [run("student", 0, -0.05)]}
+    tests = {(t["a"], t["b"]): t for t in paired_tests(runs, "H@5")}
+    pair = tests[("rrd", "dcd")]
+    differences = [runs["rrd"][s].test["H@5"] - runs["dcd"][s].test["H@5"] for s in range(3)]
+    from scipy import stats
+    assert pair["seeds"]["n"] == 3 and pair["seeds"]["differences"] == pytest.approx(differences)
+    assert pair["seeds"]["p"] == pytest.approx(stats.ttest_rel([r.test["H@5"] for r in runs["rrd"]],
+                                                               [r.test["H@5"] for r in runs["dcd"]]).pvalue)
+    assert pair["seeds"]["p"] > 0.3 and pair["p"] < 1e-6  # confident over users, not over seeds
+    assert tests[("rrd", "student")]["seeds"] is None  # one common seed: n/a
+    raw = [t["p"] for t in tests.values()]
+    order = np.argsort(raw)
+    expected = np.maximum.accumulate([min(1.0, (3 - k) * raw[i]) for k, i in enumerate(order)])
+    assert [list(tests.values())[i]["p_holm"] for i in order] == pytest.approx(expected)
+    text = format_summary(summarize(runs, ("H@5",)), list(tests.values()), ("H@5",))
+    assert "over seeds n/a" in text and "± n/a" in text and "Holm" in text
+    assert "± n/a" in markdown_summary(summarize(runs, ("H@5",)), list(tests.values()), ("H@5",))
