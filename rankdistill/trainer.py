@@ -27,6 +27,7 @@ import functools
 import logging
 import math
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -524,6 +525,7 @@ class Trainer:
     def _write_outputs(self, result: TrainResult) -> None:
         summary = {
             **self.info,
+            **software_version(),
             "model_config": self.model.config(),
             "num_parameters": self.model.num_parameters(),
             "method": self.method.name,
@@ -543,6 +545,26 @@ class Trainer:
                    **{k: v for k, v in summary.items() if k not in ("model_config", "history")})
         result.test_result.save_per_user(self.out_dir / TEST_PER_USER)
         write_json(self.out_dir / RESULTS, summary)
+
+
+@functools.lru_cache(maxsize=1)
+def software_version() -> dict[str, Any]:
+    """What made a result: rankdistill's version and, when it runs from a git
+    checkout, the commit (with ``+dirty`` if the checkout has changes)."""
+    from . import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    commit = None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the version says enough
+        pass
+    return {"rankdistill_version": __version__, "git_commit": commit, "torch_version": torch.__version__}
 
 
 def comparable_config(train_config: dict[str, Any]) -> dict[str, Any]:

@@ -389,3 +389,13 @@ def test_paired_tests_over_seeds_and_users_with_holm():
     text = format_summary(summarize(runs, ("H@5",)), list(tests.values()), ("H@5",))
     assert "over seeds n/a" in text and "± n/a" in text and "Holm" in text
     assert "± n/a" in markdown_summary(summarize(runs, ("H@5",)), list(tests.values()), ("H@5",))
+
+
+def test_results_record_the_software_that_made_them(teacher_run):
+    results = json.loads((teacher_run / "results.json").read_text())
+    assert results["rankdistill_version"] == __version__ and results["torch_version"] == torch.__version__
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout (CI's fresh clone is one): its commit, +dirty if changed
+        assert results["git_commit"].split("+")[0] == head.stdout.strip()
+    else:
+        assert results["git_commit"] is None
