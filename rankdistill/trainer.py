@@ -564,7 +564,8 @@ def software_version() -> dict[str, Any]:
             commit = head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the version says enough
         pass
-    return {"rankdistill_version": __version__, "git_commit": commit, "torch_version": torch.__version__}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses
+    return {"rankdistill_version": __version__, "git_commit": commit, "torch_version": str(torch.__version__)}
 
 
 def comparable_config(train_config: dict[str, Any]) -> dict[str, Any]:
