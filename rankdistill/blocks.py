@@ -15,7 +15,7 @@ from typing import Iterator, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["SCORE_ALL_BUDGET", "csr_rows", "row_blocks"]
+__all__ = ["SCORE_ALL_BUDGET", "block_rows", "csr_rows", "row_blocks"]
 
 # Upper bound on the elements of one block's temporaries (64 MiB of float32).
 SCORE_ALL_BUDGET = 1 << 24
@@ -23,11 +23,16 @@ SCORE_ALL_BUDGET = 1 << 24
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
+def block_rows(cost_per_row: int, budget: int | None = None) -> int:
+    """Rows per block: ``budget // cost_per_row`` (at least one); the default
+    budget is ``SCORE_ALL_BUDGET``."""
+    return max(1, (SCORE_ALL_BUDGET if budget is None else budget) // max(1, cost_per_row))
+
+
 def row_blocks(n_rows: int, cost_per_row: int, budget: int | None = None) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` of consecutive blocks of rows covering ``range(n_rows)``,
-    each of at most ``budget // cost_per_row`` rows (at least one); the
-    default budget is ``SCORE_ALL_BUDGET``."""
-    block = max(1, (SCORE_ALL_BUDGET if budget is None else budget) // max(1, cost_per_row))
+    each of ``block_rows(cost_per_row, budget)`` rows (the last one fewer)."""
+    block = block_rows(cost_per_row, budget)
     for start in range(0, n_rows, block):
         yield start, min(start + block, n_rows)
 

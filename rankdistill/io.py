@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -81,7 +82,15 @@ def check_readable_file(path: Path, what: str) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (identifies a teacher checkpoint)."""
+    """SHA-256 of a file's bytes (identifies a teacher checkpoint). A command
+    asks for the same teacher's digest once per run of a comparison: it is
+    computed once per version of the file (its path, size and mtime)."""
+    stat = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -423,11 +423,7 @@ class Distillation:
         DCD's corrections every ``correct_every`` epochs, BD's rounds ...).
         ``batches``: how many ``loss`` calls the epoch will make (needed by
         ``rows="spread"``, which spreads every row over the epoch's batches)."""
-        if batches is None and self.options.rows == "spread":
-            raise ConfigError(f"{self.name}: rows='spread' needs refresh(epoch, batches=N), N the epoch's batches "
-                              "(or use the option rows='batch')")
-        self._log = {}
-        self.schedule.start_epoch(self.context.generator, batches or 1)
+        self._start_epoch(batches)
         every = self.options.diagnose_every
         ranks = self.resample(epoch)
         if every and epoch % every == 0 and self.sides:
@@ -465,6 +461,21 @@ class Distillation:
         return self._log
 
     # ------------------------------------------------------------ for subclasses
+
+    def _start_epoch(self, batches: int | None) -> None:
+        """What every ``refresh`` does first: a new epoch's log and batch schedule."""
+        if batches is None and self.options.rows == "spread":
+            raise ConfigError(f"{self.name}: rows='spread' needs refresh(epoch, batches=N), N the epoch's batches "
+                              "(or use the option rows='batch')")
+        self._log = {}
+        self.schedule.start_epoch(self.context.generator, batches or 1)
+
+    def _check_sides(self, names: Iterable[str]) -> None:
+        """With rankings given, every side a term of this method uses has its
+        teacher lists: a clear error when the method is built, not at refresh."""
+        if self.sides:
+            for name in names:
+                self.side(name)
 
     def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         """Draw this epoch's samples. Returns the student's catalogue ranks of

@@ -245,10 +245,7 @@ class BD(Distillation):
         return {"teacher": self.teacher}
 
     def refresh(self, epoch: int, *, batches: int | None = None) -> None:
-        if batches is None and self.options.rows == "spread":
-            raise ConfigError(f"{self.name}: rows='spread' needs refresh(epoch, batches=N)")
-        self._log = {}
-        self.schedule.start_epoch(self.context.generator, batches or 1)
+        self._start_epoch(batches)
         o = self.options
         if epoch % o.update_every == 0:
             self.resample(epoch)

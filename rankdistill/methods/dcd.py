@@ -80,9 +80,7 @@ class DCD(RRD):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.corrections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.sides:  # every corrected side has its teacher lists (a clear error now, not at refresh)
-            for _, side_name, _ in self._corrected_sides():
-                self.side(side_name)
+        self._check_sides(side_name for _, side_name, _ in self._corrected_sides())
 
     def _corrected_sides(self) -> list[tuple[str, str, float]]:
         o = self.options

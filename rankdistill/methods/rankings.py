@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .. import blocks, distributed
-from ..blocks import csr_rows, row_blocks
+from .. import distributed
+from ..blocks import block_rows, csr_rows, row_blocks
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
 from ..scoring import InteractionMatrix, as_interactions
@@ -167,7 +167,7 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
         raise ConfigError(f"the teacher is for {shape[0]} users x {shape[1]} items, "
                           f"the interactions have {interactions.n_users} x {interactions.n_items}")
     score_all_users = getattr(teacher, "score_all_users", None)
-    block = max(1, blocks.SCORE_ALL_BUDGET // interactions.n_items)
+    block = block_rows(interactions.n_items)
     # Across processes the item side is ranked by rows like the user side:
     # running lists merged from several processes would order ties differently.
     one_pass = (score_all_users is None or getattr(teacher, "scores_each_pair", False)) and \

@@ -66,9 +66,7 @@ class RRD(Distillation):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lists: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.sides:  # every side that is on has its teacher lists (a clear error now, not at refresh)
-            for _, side_name, *_ in self._relaxed_terms():
-                self.side(side_name)
+        self._check_sides(term[1] for term in self._relaxed_terms())
 
     def _relaxed_terms(self) -> list[tuple[str, str, float, int, int]]:
         """(loss name, side, lambda, K, L) of each side that is on."""
