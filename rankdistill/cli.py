@@ -412,7 +412,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     row, result = _train(args.role, split_file, _model_config(args, model, dim), config, out, resume=args.resume,
                          overwrite=args.overwrite)
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
-          f"({result.best_epoch + 1}):")
+          f"({result.best_epoch}):")
     print(format_table([row], config.cutoffs))
     print(f"saved: {out / 'best.pt'}, {out / 'results.json'}")
     return 0
@@ -583,7 +583,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{args.method}-seed{args.seed}"
     row, result = _distill_run(args, args.method, args.seed, out, split_file, teacher, rankings)
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
-          f"({result.best_epoch + 1}):")
+          f"({result.best_epoch}):")
     rows = [row]
     if "teacher_test" in result.extra:  # BD, iBD: the teacher trained too (its own best validation epoch)
         rows.append(Row(f"{args.method} teacher", result.extra["teacher_test"], result.extra["teacher_num_parameters"]))

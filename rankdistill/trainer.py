@@ -47,8 +47,8 @@ from .models import Recommender, save_model
 from .unobserved import ObservedItems, sample_unobserved
 from .split import Split
 
-__all__ = ["BestTracker", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device", "run_outputs",
-           "seed_everything"]
+__all__ = ["BestTracker", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device", "epoch_timing",
+           "run_outputs", "seed_everything"]
 
 log = logging.getLogger("rankdistill")
 
@@ -173,14 +173,17 @@ class BestTracker:
 
 @dataclass
 class TrainResult:
-    best_epoch: int  # 0-based
+    best_epoch: int  # counted from 1, as in the log
     valid: dict[str, float]  # validation metrics of the best epoch
     test: dict[str, float]  # test metrics of the best epoch's model
     test_result: EvalResult = field(repr=False)
-    history: list[dict[str, Any]] = field(repr=False)
+    history: list[dict[str, Any]] = field(repr=False)  # one record per epoch, "epoch" counted from 1
     stopped_early: bool
-    seconds_per_epoch: float  # training pass only, median over the epochs run (robust to a busy machine)
-    refresh_seconds_per_epoch: float  # the method's refreshes, averaged over all epochs
+    # The cost of an epoch, one meaning everywhere: training pass + the
+    # method's refreshes (corrections, rounds, samples) amortised over the
+    # epochs run; the parts (and validation, diagnostics) in ``timing``.
+    seconds_per_epoch: float
+    timing: dict[str, float] = field(default_factory=dict)  # mean seconds per epoch of each part
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # the co-trained models' NAME_* entries
 
 
@@ -302,12 +305,14 @@ class Trainer:
             if show_progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(totals['loss']) / (b + 1):.4f}", **self._last_valid_postfix())
         bar.close()
-        record: dict[str, Any] = {"epoch": epoch, "seconds": time.perf_counter() - start,
+        record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                                   "refresh_seconds": refresh_seconds}
         record.update({name: float(value) / n_batches for name, value in totals.items()})
         record.update(self.method.epoch_log())
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            self._validate(epoch, record)
+            start = time.perf_counter()
+            self._validate(epoch + 1, record)
+            record["validation_seconds"] = time.perf_counter() - start
         self.history.append(record)
         self._log_epoch(record)
 
@@ -374,20 +379,25 @@ class Trainer:
     def _log_epoch(self, record: dict[str, Any]) -> None:
         terms = " ".join(f"{k}={v:.4g}" for k, v in record.items()
                          if k not in ("epoch", "valid") and not k.endswith("seconds") and isinstance(v, (int, float)))
-        seconds = f"{record['seconds']:.2f}s"
-        if record.get("refresh_seconds", 0.0) >= 0.005:  # the method's work before the epoch (ranks, samples)
-            seconds += f" + refresh {record['refresh_seconds']:.2f}s"
-        line = f"epoch {record['epoch'] + 1}/{self.config.epochs} {terms} ({seconds})"
+        seconds = f"train {record['seconds']:.2f}s"
+        refresh = record.get("refresh_seconds", 0.0) - record.get("diagnostic_seconds", 0.0)
+        if refresh >= 0.005:  # the method's work before the epoch (ranks, samples)
+            seconds += f" + refresh {refresh:.2f}s"
+        if record.get("diagnostic_seconds", 0.0) >= 0.005:
+            seconds += f" + diagnostics {record['diagnostic_seconds']:.2f}s"
+        if "validation_seconds" in record:
+            seconds += f" + valid {record['validation_seconds']:.2f}s"
+        line = f"epoch {record['epoch']}/{self.config.epochs} {terms} ({seconds})"
         if "valid" in record:
             line += " | valid " + " ".join(f"{k}={record['valid'][k]:.4f}" for k in metric_names(self.config.cutoffs)[:4])
         if self.stopped_early:
-            line += f" | early stop (best epoch {self.best['epoch'] + 1})"
+            line += f" | early stop (best epoch {self.best['epoch']})"
         log.info(line)
 
     def _finish(self) -> TrainResult:
         self.model.load_state_dict(self.best["state"])
         test_result = self.evaluator.evaluate(self.model, "test")
-        seconds = [r["seconds"] for r in self.history]
+        timing = epoch_timing(self.history)
         result = TrainResult(
             best_epoch=self.best["epoch"],
             valid=self.best["valid"],
@@ -395,10 +405,8 @@ class Trainer:
             test_result=test_result,
             history=self.history,
             stopped_early=self.stopped_early,
-            seconds_per_epoch=float(np.median(seconds)) if seconds else float("nan"),
-            # a method's diagnostics are measurement, not method: not counted
-            refresh_seconds_per_epoch=float(np.mean([r.get("refresh_seconds", 0.0) - r.get("diagnostic_seconds", 0.0)
-                                                     for r in self.history])) if self.history else float("nan"),
+            seconds_per_epoch=timing["training"] + timing["refresh"],
+            timing=timing,
             extra=self._finish_co_trained(),
         )
         if self.out_dir is not None and self.writes:
@@ -534,7 +542,7 @@ class Trainer:
             "epochs_run": len(result.history),
             "stopped_early": result.stopped_early,
             "seconds_per_epoch": result.seconds_per_epoch,
-            "refresh_seconds_per_epoch": result.refresh_seconds_per_epoch,
+            "seconds_per_epoch_parts": result.timing,
             "valid": result.valid,
             "test": result.test,
             "history": result.history,
@@ -545,6 +553,22 @@ class Trainer:
                    **{k: v for k, v in summary.items() if k not in ("model_config", "history")})
         result.test_result.save_per_user(self.out_dir / TEST_PER_USER)
         write_json(self.out_dir / RESULTS, summary)
+
+
+def epoch_timing(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds per epoch over ``history``: the training pass, the
+    method's refreshes (corrections, rounds, samples), its diagnostics and
+    validation. ``training + refresh`` is what "s/epoch" means everywhere;
+    diagnostics are measurement, not method, and validation is the protocol's."""
+    if not history:
+        nan = float("nan")
+        return {"training": nan, "refresh": nan, "diagnostics": nan, "validation": nan}
+    n = len(history)
+    diagnostics = sum(r.get("diagnostic_seconds", 0.0) for r in history)
+    return {"training": sum(r["seconds"] for r in history) / n,
+            "refresh": (sum(r.get("refresh_seconds", 0.0) for r in history) - diagnostics) / n,
+            "diagnostics": diagnostics / n,
+            "validation": sum(r.get("validation_seconds", 0.0) for r in history) / n}
 
 
 @functools.lru_cache(maxsize=1)

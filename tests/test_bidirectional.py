@@ -275,8 +275,8 @@ def test_teacher_is_selected_tested_and_saved(split, teacher, tmp_path):
     method = trainer.method
     result = trainer.fit()
     valid = [r["teacher_valid"]["H@5"] for r in result.history]
-    best = result.extra["teacher_best_epoch"]
-    assert valid[best] == max(valid) and valid.index(max(valid)) == best
+    best = result.extra["teacher_best_epoch"]  # counted from 1
+    assert valid[best - 1] == max(valid) and valid.index(max(valid)) == best - 1
     assert trainer.trackers["teacher"].best["epoch"] == best
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["teacher_test"] == result.extra["teacher_test"]

@@ -253,7 +253,7 @@ def test_dcd_candidate_scope_ranks_within_the_teachers_list(split, teacher, rank
 def test_diagnostics_are_recorded_at_each_refresh(split, teacher, rankings):
     _, result = run(split, teacher, rankings, "dcd", epochs=5, diagnose_every=2)
     recorded = [r["epoch"] for r in result.history if "discrepancy_user" in r]
-    assert recorded == [0, 2, 4]
+    assert recorded == [1, 3, 5]  # before epochs 1, 3, 5 (refresh indices 0, 2, 4)
     record = result.history[0]
     # Independent computation for the initial student: mean |R_S - R_T| over the top-50 (here the top-30).
     side = user_side(split, rankings)

@@ -68,7 +68,7 @@ def test_resume_gives_exactly_the_uninterrupted_result(split, tmp_path, name):
     resumed_trainer = Trainer(model, split, config(), out_dir=tmp_path / "cut")
     resumed = resumed_trainer.fit(resume=True)
 
-    assert [r["epoch"] for r in resumed.history] == list(range(6))
+    assert [r["epoch"] for r in resumed.history] == list(range(1, 7))  # counted from 1
     strip = lambda history: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.best_epoch == whole.best_epoch and resumed.test == whole.test
@@ -145,9 +145,9 @@ def test_optimizer_factory_gets_the_models_then_the_methods_parameters(split):
 def test_early_stopping_and_best_epoch_follow_validation(split):
     result = Trainer(new_model(split), split, config(epochs=60, lr=0.05, patience=2)).fit()
     valid = [r["valid"]["H@5"] for r in result.history]
-    assert result.best_epoch == int(np.argmax(valid))  # first epoch with the highest H@5
+    assert result.best_epoch == int(np.argmax(valid)) + 1  # first epoch with the highest H@5, counted from 1
     assert result.stopped_early and len(valid) < 60
-    assert len(valid) - 1 - result.best_epoch == 2  # stopped after `patience` evaluations without a gain
+    assert len(valid) - result.best_epoch == 2  # stopped after `patience` evaluations without a gain
     assert result.valid["H@5"] == max(valid)
 
 
@@ -214,7 +214,7 @@ def test_early_stopping_waits_for_a_co_trained_model(split):
     assert [r["second_valid"]["H@5"] for r in both.history] == \
         pytest.approx([min(epoch + 1, until) / n_eval for epoch in range(until + 2)])
     assert trainer.trackers["second"].bad_evals == 2 and trainer.trackers["model"].bad_evals >= 2
-    assert both.extra["second_best_epoch"] == until - 1
+    assert both.extra["second_best_epoch"] == until
     assert both.extra["second_valid"]["H@5"] == pytest.approx(until / n_eval)
     assert set(both.extra["second_test"]) == set(both.test)
 
@@ -222,7 +222,7 @@ def test_early_stopping_waits_for_a_co_trained_model(split):
 def test_eval_every_and_outputs(split, tmp_path):
     result = Trainer(new_model(split), split, config(epochs=5, eval_every=2), out_dir=tmp_path).fit()
     evaluated = [r["epoch"] for r in result.history if "valid" in r]
-    assert evaluated == [1, 3, 4]  # every 2 epochs and the last one
+    assert evaluated == [2, 4, 5]  # every 2 epochs and the last one
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["test"] == pytest.approx(result.test)
     assert summary["best_epoch"] == result.best_epoch
