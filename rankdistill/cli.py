@@ -25,14 +25,16 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, distributed
-from .data import FORMATS, Interactions, kcore, load, synthetic
+from . import __version__, distributed, progress
+from . import config as config_file
+from .data import FORMATS, Interactions, kcore, load, parse_columns, synthetic
 from .errors import ConfigError, RankdistillError
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, Evaluator
 from .compare import TEACHER_BASELINE, report, run_grid, table_metrics
@@ -119,13 +121,29 @@ def _common_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _columns(text: str) -> list[str]:
+    try:
+        roles = parse_columns(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return [role or "-" for role in roles]
+
+
 def _data_options() -> argparse.ArgumentParser:
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("data")
-    group.add_argument("--data", type=Path, help="users.dat or delimited text (default: the embedded synthetic set)")
+    group.add_argument("--data", type=Path, help="users.dat or delimited text, gzip-compressed or not "
+                                                 "(default: the embedded synthetic set)")
     group.add_argument("--format", choices=FORMATS, default="auto", help="file format (default: detect)")
     group.add_argument("--sep", help="delimited text: separator (default: detect tab, ::, comma, ;, |, whitespace)")
-    group.add_argument("--header", action="store_true", help="delimited text: skip the first line")
+    group.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                       help="delimited text: the first line (not empty, not #) is a header of column names; "
+                            "--no-header: it is data (default: a header if all its names are known column names, "
+                            "e.g. userId,movieId,rating,timestamp or user_id:token)")
+    group.add_argument("--columns", type=_columns, metavar="NAMES",
+                       help="delimited text: the file's columns in order, e.g. user,item,rating,timestamp or "
+                            "item,user; - ignores a column (default: the header's names, else user,item"
+                            "[,rating[,timestamp]])")
     group.add_argument("--rating-threshold", type=_finite_float, help="delimited text: keep rows with rating >= this")
     group.add_argument("--min-user-count", type=_positive_int, default=1, help="k-core: users with >= this many")
     group.add_argument("--min-item-count", type=_positive_int, default=1, help="k-core: items with >= this many")
@@ -210,22 +228,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rankdistill {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     common, data, evaluation, training = _common_options(), _data_options(), _eval_options(), _train_options()
+    settings = _Parser(add_help=False)
+    settings.add_argument("--config", type=Path, metavar="FILE.toml",
+                          help="read the options from a TOML file (keys: the flags without dashes, e.g. lr = 1e-3, "
+                               "[options] for -o); the command line overrides it. Runs write theirs to "
+                               f"OUT/{config_file.RUN_CONFIG}")
 
-    train = commands.add_parser("train", parents=[common, data, evaluation, training],
+    train = commands.add_parser("train", parents=[common, settings, data, evaluation, training],
                                 help="train a teacher or a plain student")
     train.add_argument("--role", choices=sorted(DEFAULT_DIMS), default="student", help="default: student")
     train.set_defaults(func=cmd_train)
     for role in DEFAULT_DIMS:
-        alias = commands.add_parser(role, parents=[common, data, evaluation, training],
+        alias = commands.add_parser(role, parents=[common, settings, data, evaluation, training],
                                     help=f"same as: train --role {role}")
         alias.set_defaults(func=cmd_train, role=role)
 
-    distill = commands.add_parser("distill", parents=[common, data, evaluation, training, _teacher_options()],
+    distill = commands.add_parser("distill", parents=[common, settings, data, evaluation, training,
+                                                      _teacher_options()],
                                   help="distil a student from a trained teacher with one method")
     distill.add_argument("--method", choices=list(METHODS), default="dcd", help="default: dcd")
     distill.set_defaults(func=cmd_distill, role="student")
 
-    compare = commands.add_parser("compare", parents=[common, data, evaluation, training, _teacher_options()],
+    compare = commands.add_parser("compare", parents=[common, settings, data, evaluation, training,
+                                                      _teacher_options()],
                                   help="several methods x seeds on one split and teacher: table, tests, figure")
     compare.add_argument("--methods", type=_names, default=["student", "rrd", "dcd"],
                          help="comma-separated (default: student,rrd,dcd); see `rankdistill methods`; "
@@ -237,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", parents=[common], help="list the distillation methods and their options")
     methods.set_defaults(func=cmd_methods)
 
-    evaluate = commands.add_parser("evaluate", parents=[common, data, evaluation],
+    evaluate = commands.add_parser("evaluate", parents=[common, settings, data, evaluation],
                                    help="evaluate a saved model (best.pt or checkpoint.pt)")
     evaluate.add_argument("checkpoint", type=Path)
     evaluate.add_argument("--part", choices=("test", "valid"), default="test", help="held-out part (default: test)")
@@ -256,11 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_data(args: argparse.Namespace) -> Interactions:
     if args.data is None:
-        if args.format != "auto" or args.sep or args.header or args.rating_threshold is not None:
-            raise ConfigError("--format, --sep, --header and --rating-threshold need --data")
+        if (args.format != "auto" or args.sep or args.header is not None or args.columns is not None
+                or args.rating_threshold is not None):
+            raise ConfigError("--format, --sep, --header/--no-header, --columns and --rating-threshold need --data")
         data = synthetic()
     else:
-        data = load(args.data, format=args.format, sep=args.sep, header=args.header,
+        data = load(args.data, format=args.format, sep=args.sep, header=args.header, columns=args.columns,
                     rating_threshold=args.rating_threshold)
     if args.min_user_count > 1 or args.min_item_count > 1:
         data = kcore(data, args.min_user_count, args.min_item_count)
@@ -356,7 +382,7 @@ def _run_outputs() -> set[str]:
 
 def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
            resume: bool, overwrite: bool, method: MethodFactory | None = None,
-           info: dict[str, Any] | None = None) -> tuple[Row, Any]:
+           info: dict[str, Any] | None = None, run_config: config_file.RunConfig | None = None) -> tuple[Row, Any]:
     split = split_file.split
     writes = distributed.is_main()  # under torchrun, rank 0 alone writes the run folder
     with run_folder_lock(out) if writes else contextlib.nullcontext():
@@ -364,7 +390,7 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
         distributed.barrier()  # every process has looked before rank 0 clears the folder
         if overwrite and writes:  # a half-overwritten folder must not mix the old run's files with the new one's
-            for name in _run_outputs():
+            for name in (*_run_outputs(), config_file.RUN_CONFIG):
                 (out / name).unlink(missing_ok=True)
         if writes:
             split_file.save_if_new()
@@ -377,7 +403,13 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
         plain = name == "student"  # no distillation (also a teacher's run)
         log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim,
                  f"{model.num_parameters():,}", "no distillation" if plain else f"method {name}", out)
+        # The run's configuration: at its start unless it resumes a checkpoint (a refused resume must not
+        # change it), and at its end (a resume may have changed --epochs or --patience).
+        if writes and run_config is not None and not (resume and (out / CHECKPOINT).exists()):
+            run_config.write(out)
         result = trainer.fit(resume=resume)
+        if writes and run_config is not None:
+            run_config.write(out)
         distributed.barrier()  # rank 0 has written the run's files, which the others may read next
     label = f"{role.capitalize()} ({model.name}, dim {model.dim})" if plain else name
     return Row(label, result.test, model.num_parameters(), result.seconds_per_epoch), result
@@ -410,7 +442,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     split = split_file.split
     _check_sizes(args, split, sizes)
     row, result = _train(args.role, split_file, _model_config(args, model, dim), config, out, resume=args.resume,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, run_config=getattr(args, "run_config", None))
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
           f"({result.best_epoch}):")
     print(format_table([row], config.cutoffs))
@@ -548,7 +580,7 @@ def _load_teacher(args: argparse.Namespace, sizes: list[tuple[str, int]]):
 
 
 def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, split_file: _SplitFile, teacher,
-                 rankings) -> tuple[Row, Any]:
+                 rankings, run_config: config_file.RunConfig | None = None) -> tuple[Row, Any]:
     overrides = _method_overrides(args, method)
     options = method_options(method, overrides)
     model = args.model or teacher.name
@@ -556,7 +588,8 @@ def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, sp
             "method_options": dataclasses.asdict(options), "top": args.top}
     return _train("student", split_file, _model_config(args, model, args.dim or DEFAULT_DIMS["student"]),
                   _train_config(args, seed), out, resume=args.resume, overwrite=args.overwrite,
-                  method=lambda context: build_method(method, context, teacher, rankings, overrides), info=info)
+                  method=lambda context: build_method(method, context, teacher, rankings, overrides), info=info,
+                  run_config=run_config)
 
 
 def _teacher_alone_config(args: argparse.Namespace, teacher) -> dict[str, Any]:
@@ -581,7 +614,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     split_file, teacher, rankings = _load_teacher(args, sizes)
     split = split_file.split
     out = args.out or Path("runs") / f"{args.method}-seed{args.seed}"
-    row, result = _distill_run(args, args.method, args.seed, out, split_file, teacher, rankings)
+    row, result = _distill_run(args, args.method, args.seed, out, split_file, teacher, rankings,
+                               getattr(args, "run_config", None))
     print(f"{split.train.name}, {args.protocol} protocol, test metrics of the best validation epoch "
           f"({result.best_epoch}):")
     rows = [row]
@@ -617,6 +651,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with run_folder_lock(out) if distributed.is_main() else contextlib.nullcontext():
         runs = run_grid(out, args.methods, args.seeds, train=train, expected=expected, overwrite=args.overwrite)
         summary = report(out, runs, table_metrics(args.protocol, _cutoffs_for(args))) if distributed.is_main() else ""
+        if distributed.is_main() and getattr(args, "run_config", None) is not None:
+            args.run_config.write(out)  # the whole comparison's configuration, once its runs are done
     print(f"{split.train.name}, {args.protocol} protocol, teacher {args.teacher}, "
           f"seeds {','.join(map(str, args.seeds))}: test metrics, mean ± std over seeds")
     print(summary)
@@ -687,13 +723,25 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
+# The commands whose run folders get the run's configuration (config_file.RUN_CONFIG).
+_RECORDED_COMMANDS = ("train", *DEFAULT_DIMS, "distill", "compare")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):  # a bare `rankdistill`: what it can do
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if not argv:  # a bare `rankdistill`: what it can do
         parser.print_help(sys.stderr)
         print("rankdistill: error: a command is required (see above)", file=sys.stderr)
         return 2
+    try:  # --config FILE: its values become the command's defaults, which the command line overrides
+        command = config_file.apply_config_file(parser, argv)
+    except (RankdistillError, OSError) as exc:
+        print(f"rankdistill: error: {_describe(exc)}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
+    if command is not None and args.command in _RECORDED_COMMANDS:  # written to the run folder's config.toml
+        args.run_config = config_file.RunConfig.of(command[1], args.command, args)
     try:
         # Under torchrun: join the process group; rank 0 alone logs, shows progress and prints.
         joined = distributed.init_from_environment(getattr(args, "device", "cpu"))
@@ -712,6 +760,10 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+# Seconds a process other than rank 0 waits before saying its error (see _run).
+_OTHER_PROCESS_PAUSE = 10.0
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, its mistakes said once (by rank 0 under torchrun)."""
     main_process = distributed.is_main()
@@ -720,11 +772,19 @@ def _run(args: argparse.Namespace) -> int:
     _configure_logging(args.quiet)
     if not main_process:
         log.setLevel(logging.CRITICAL + 1)
-    with contextlib.redirect_stdout(sys.stdout if main_process else io.StringIO()):
+    # The long steps' progress bars (DCD's corrections, evaluation, ...) follow --no-progress.
+    with contextlib.redirect_stdout(sys.stdout if main_process else io.StringIO()), \
+            progress.show_progress(False if args.no_progress else None):
         try:
             return args.func(args)
         except (RankdistillError, OSError) as exc:
-            if main_process:  # every process meets the same mistake: say it once
+            if not main_process:
+                # Most mistakes meet every process: rank 0 says it, and torchrun
+                # stops this process meanwhile. One only this process met is said
+                # here, after the pause, and its exit stops the others.
+                time.sleep(_OTHER_PROCESS_PAUSE)
+                print(f"rankdistill: error (process {distributed.rank()}): {_describe(exc)}", file=sys.stderr)
+            else:
                 print(f"rankdistill: error: {_describe(exc)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

@@ -6,11 +6,18 @@ top-C lists, the student's catalogue ranks behind DCD's corrections, RD's
 ranks and the diagnostics, full and sampled evaluation) is split by rows:
 each process scores only its contiguous share of the rows (``row_shard``) and
 the results are gathered in row order (``gather_rows``), so that every process
-holds exactly what one process would have computed. Training itself is
-replicated: each process trains the same student from the same seed, and the
-models are made equal to rank 0's before each epoch's ranking work
-(``broadcast_modules``), so that rank 0's run is the one-process run, bit for
-bit. Rank 0 alone logs and writes files.
+holds exactly what one process would have computed. Training is
+data-parallel: every process draws the same shuffled batches from the run's
+seed, trains on its contiguous share of each batch's pairs and of the rows the
+method distils, and the processes' gradients are summed (``sum_across``, one
+``all_reduce`` per batch) before every process takes the same optimizer step;
+so training follows the one-process trajectory up to the order of float
+additions. A model or method that draws at random inside a batch's loss (CDAE's
+corruption, DE's Gumbel selection, RD's sampled ranks) or averages over a
+batch's entries rather than rows (BD, iBD) trains replicated instead: each
+process trains on the whole batch, bit for bit the one-process run. The models
+are made equal to rank 0's before each epoch's ranking work
+(``broadcast_modules``). Rank 0 alone logs and writes files.
 
 Without ``torchrun`` (or with one process) every function here is the
 identity of one process, and nothing needs ``torch.distributed``.
@@ -25,8 +32,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
-__all__ = ["backend", "barrier", "broadcast_modules", "gather_rows", "init_from_environment", "is_main", "rank", "row_shard",
-           "row_shard_of", "shutdown", "world_size"]
+__all__ = ["backend", "barrier", "broadcast_modules", "gather_objects", "gather_rows", "init_from_environment",
+           "is_main", "rank", "row_shard", "row_shard_of", "shutdown", "sum_across", "world_size"]
 
 # A collective that waits longer than this for a process that failed ends the run.
 _TIMEOUT = datetime.timedelta(minutes=30)
@@ -122,3 +129,45 @@ def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
         for module in modules:
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
+
+
+def sum_across(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each of ``tensors`` summed over the processes, in one ``all_reduce``
+    (the same shapes and dtype on every process; the identity for one)."""
+    if not _active() or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every process's ``obj`` (picklable; tensors anywhere in lists, tuples
+    and dicts), in rank order, on every process."""
+    if not _active():
+        return [obj]
+    out: list[object] = [None] * world_size()
+    # Tensors travel as bytes: all_gather_object's unpickling of torch storages fails.
+    dist.all_gather_object(out, _map_tensors(obj, _tensor_bytes))
+    return [_map_tensors(o, None) for o in out]
+
+
+class _TensorBytes(tuple):
+    """(dtype, shape, bytes) of a tensor on its way between processes."""
+
+
+def _tensor_bytes(t: torch.Tensor) -> _TensorBytes:
+    return _TensorBytes((t.dtype, tuple(t.shape), t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()))
+
+
+def _map_tensors(obj: object, encode) -> object:
+    if encode is not None and isinstance(obj, torch.Tensor):
+        return encode(obj)
+    if encode is None and isinstance(obj, _TensorBytes):
+        dtype, shape, data = obj
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, encode) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, _TensorBytes):
+        return type(obj)(_map_tensors(v, encode) for v in obj)
+    return obj

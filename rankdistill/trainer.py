@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, progress
 from .errors import ConfigError, DataError, TrainingDiverged
 from .evaluation import DEFAULT_CUTOFFS, PROTOCOLS, EvalResult, Evaluator, metric_names
 from .io import torch_load, torch_save, write_json
@@ -226,6 +226,14 @@ class Trainer:
         context = DistillContext(self.model, split, device=self.device, generator=self.generator,
                                  seed=self.config.seed, epochs=self.config.epochs)
         self.method = method(context) if method is not None else Distillation(context)
+        # Under torchrun: data-parallel when the model's and the method's
+        # batch losses split by rows with the one-process result, else replicated.
+        self.replicated_because = self._replicated_because()
+        self.data_parallel = distributed.world_size() > 1 and self.replicated_because is None
+        if self.data_parallel:
+            self.method.shard_rows(distributed.rank(), distributed.world_size())
+        if distributed.world_size() > 1:
+            self.info["training"] = "data-parallel" if self.data_parallel else "replicated"
         self.make_optimizer = optimizer or functools.partial(_adam, lr=self.config.lr,
                                                              weight_decay=self.config.weight_decay)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -237,6 +245,14 @@ class Trainer:
         self.stopped_early = False
         self.resumes: list[dict[str, Any]] = []  # options changed at each resume
         self._diagnostics_noted = False
+
+    def _replicated_because(self) -> str | None:
+        """Why this run cannot train data-parallel (None if it can)."""
+        if getattr(self.model, "draws_in_loss", False):
+            return f"the {getattr(self.model, 'name', 'model')} model draws at random in its loss"
+        if not self.method.splits_by_rows:
+            return f"method {self.method.name} does not split by rows"
+        return None
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -250,8 +266,18 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def fit(self, *, resume: bool = False) -> TrainResult:
+        # The method's long steps (DCD's corrections ...) and evaluation show bars as the epochs do.
+        with progress.show_progress(self.show_progress):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         params = list(self.model.parameters()) + list(self.method.parameters())
+        self._trained = [p for p in params if p.requires_grad]
         self.optimizer = self.make_optimizer(params)
+        if distributed.world_size() > 1:
+            how = (f"data-parallel: each takes its share of every batch" if self.data_parallel else
+                   f"replicated: each trains on every batch ({self.replicated_because})")
+            log.info("training on %d processes (%s), %s", distributed.world_size(), distributed.backend(), how)
         if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._load_checkpoint(self.checkpoint_path)
             log.info("resumed from %s after epoch %d", self.checkpoint_path, self.epoch)
@@ -260,8 +286,10 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stopped_early:
             self._run_epoch(self.epoch)
             self.epoch += 1
-            if self.checkpoint_path is not None and self.writes:
-                self._save_checkpoint(self.checkpoint_path)
+            if self.checkpoint_path is not None:
+                rng = distributed.gather_objects(self._rng_states())  # every process's, for an exact resume
+                if self.writes:
+                    self._save_checkpoint(self.checkpoint_path, rng)
         if self.best is None:
             raise ConfigError("no validation has run yet; train for more epochs")
         return self._finish()
@@ -289,17 +317,21 @@ class Trainer:
                    disable=not show_progress, dynamic_ncols=True)
         for b in bar:
             rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
-            base = self.model.loss(users[rows], pos_items[rows], neg_items[rows])
-            extra = self.method.loss(users[rows], pos_items[rows], neg_items[rows])
+            batch = users[rows], pos_items[rows], neg_items[rows]
+            base = self._model_loss(*batch)
+            extra = self.method.loss(*batch)  # a data-parallel method takes its share of the rows itself
             if "loss" in extra:
                 raise ValueError(f"method {self.method.name!r}: 'loss' is the model's own term, name yours otherwise")
             terms = {"loss": base, **extra}
             total = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            if total.requires_grad:  # a process's share of a tiny batch may be empty
+                total.backward()
+            values = self._sum_over_processes(terms) if self.data_parallel else {
+                name: value.detach() for name, value in terms.items()}
             self.optimizer.step()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.detach()
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value
             if b % check_every == 0 or b == n_batches - 1:
                 self._check_finite(epoch, totals, check_parameters=b == n_batches - 1)
             if show_progress and b % 20 == 0:
@@ -315,6 +347,28 @@ class Trainer:
             record["validation_seconds"] = time.perf_counter() - start
         self.history.append(record)
         self._log_epoch(record)
+
+    def _model_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The model's loss on the batch; data-parallel, this process's part
+        of it: the batch mean over its share of the pairs, weighted by the share."""
+        if not self.data_parallel:
+            return self.model.loss(users, pos_items, neg_items)
+        start, stop = distributed.row_shard(len(users))
+        if start == stop:
+            return torch.zeros((), device=self.device)
+        return self.model.loss(users[start:stop], pos_items[start:stop], neg_items[start:stop]) * (
+            (stop - start) / len(users))
+
+    def _sum_over_processes(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Data-parallel: the gradients and the loss terms summed over the
+        processes in one all_reduce (the terms ride along, so that every
+        process sees the whole batch's values and stops at the same NaN)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trained]
+        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
+        *summed, values = distributed.sum_across([*grads, values.to(grads[0].dtype) if grads else values])
+        for p, grad in zip(self._trained, summed):
+            p.grad = grad
+        return dict(zip(terms, values.float()))
 
     def _note_diagnostics(self) -> None:
         """Say once when the method's diagnostics cost more than a training pass."""
@@ -461,7 +515,16 @@ class Trainer:
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
 
-    def _save_checkpoint(self, path: Path) -> None:
+    @staticmethod
+    def _own_rng_states(path: Path, states: Any) -> dict[str, Any]:
+        """This process's RNG states from a checkpoint's list (one per process)."""
+        if not isinstance(states, list) or len(states) != distributed.world_size():
+            count = len(states) if isinstance(states, list) else 1
+            raise ConfigError(f"{path} was written by a run of {count} process(es); resume it with as many "
+                              f"(this one has {distributed.world_size()})")
+        return states[distributed.rank()]
+
+    def _save_checkpoint(self, path: Path, rng: list[dict[str, Any]]) -> None:
         torch_save(path, {
             "kind": _CHECKPOINT_KIND,
             "config": self.model.config(),  # read by models.load_model
@@ -472,7 +535,7 @@ class Trainer:
             "method_name": self.method.name,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": self._rng_states(),
+            "rng": rng,  # one entry per process
             "epoch": self.epoch,
             "history": self.history,
             "trackers": {name: tracker.state_dict() for name, tracker in self.trackers.items()},
@@ -492,7 +555,7 @@ class Trainer:
             self.model.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.method.load_state_dict(state["method"])
-            self._set_rng_states(state["rng"])
+            self._set_rng_states(self._own_rng_states(path, state["rng"]))
             for name, tracker in self.trackers.items():
                 tracker.load_state_dict(state["trackers"][name])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # shapes or keys that do not fit

@@ -1,6 +1,7 @@
-"""Two processes under torchrun (gloo, CPU) give the one-process results, bit
-for bit: the row-sharded teacher rankings, DCD's corrections, RD's ranks,
-evaluation; rank 0 alone writes and speaks."""
+"""Two processes under torchrun (gloo, CPU) give the one-process results: bit
+for bit the row-sharded teacher rankings, DCD's corrections, RD's ranks,
+evaluation and replicated training; data-parallel training up to the order of
+float additions; rank 0 alone writes and speaks."""
 
 import json
 import os
@@ -39,32 +40,66 @@ def setup(tmp_path_factory):
     return folder, users_dat
 
 
-def _same_run(one, two):
+def _same_run(one, two, *, exact=True):
+    """Two runs with the same trajectory: bit for bit, or (``exact=False``, data
+    parallel) up to float rounding. Data-parallel processes sum their shares of
+    each batch's gradient in another order than one process adds them up: each
+    step differs by float32 rounding (measured: loss terms within 2e-7
+    relative, weights within 6e-7 absolute after 3 epochs of DCD). A rounding
+    difference can swap two nearly tied scores in a ranking, so a metric may
+    move by one user's hit: at most 1/users."""
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
-    clean = [[{k: v for k, v in r.items() if k not in TIMING} for r in x["history"]] for x in (a, b)]
+    clean = [[{k: v for k, v in r.items() if k not in TIMING and k != "validation_seconds"} for r in x["history"]]
+             for x in (a, b)]
     weights = [torch_load(d / "best.pt", "model file")["state_dict"] for d in (one, two)]
-    assert a["test"] == b["test"] and clean[0] == clean[1]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert (a["world_size"], a["backend"], b["world_size"], b["backend"]) == (1, None, 2, "gloo")
+    if exact:
+        assert a["test"] == b["test"] and clean[0] == clean[1]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+        return
+    one_user = 1.0 / 150
+    assert b["test"] == pytest.approx(a["test"], abs=one_user)
+    assert len(clean[0]) == len(clean[1])
+    for ra, rb in zip(*clean):
+        assert ra.keys() == rb.keys() and ra["epoch"] == rb["epoch"]
+        for key, value in ra.items():
+            if key == "valid":
+                assert rb[key] == pytest.approx(value, abs=one_user)
+            elif isinstance(value, float):
+                assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    for k in weights[0]:
+        torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-5)
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two processes did add up
 
 
-@pytest.mark.parametrize("method, options", [("dcd", []), ("rd", ["-o", "warmup=0", "-o", "rank_every=1"])])
-def test_two_processes_train_exactly_one_process_run(setup, method, options):
+@pytest.mark.parametrize("method, options, training", [
+    ("dcd", [], "data-parallel"),
+    ("rd", ["-o", "warmup=0", "-o", "rank_every=1"], "data-parallel"),
+    ("student", [], "data-parallel"),
+    ("de", [], "replicated"),  # its experts draw per batch: every process trains on the whole batch
+])
+def test_two_processes_train_like_one_process_run(setup, method, options, training):
     folder, users_dat = setup
     args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", method,
             *options, "--top", "40", "--dim", "8", "--epochs", "3", "--lr", "0.01", "--no-progress", "-q"]
     proc = torchrun(*args, "--out", folder / f"{method}-2", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("saved:") == 1  # rank 0 alone prints
+    assert json.loads((folder / f"{method}-2" / "results.json").read_text())["training"] == training
     # the teacher's top-40 lists were ranked by two processes and cached: one process ranks them again
     cache = folder / "teacher" / "best-rankings-c40.pt"
     two = torch_load(cache, "rankings cache")
     cache.unlink()
-    assert main([*map(str, args), "--out", str(folder / f"{method}-1")]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun processes (OMP_NUM_THREADS=1): the same float summation order
+    try:
+        assert main([*map(str, args), "--out", str(folder / f"{method}-1")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     one = torch_load(cache, "rankings cache")
     assert torch.equal(one["items_of_user"], two["items_of_user"]) and torch.equal(one["users_of_item"],
                                                                                    two["users_of_item"])
-    _same_run(folder / f"{method}-1", folder / f"{method}-2")
+    _same_run(folder / f"{method}-1", folder / f"{method}-2", exact=training == "replicated")
     assert sorted(p.name for p in (folder / f"{method}-2").iterdir()) == sorted(
         p.name for p in (folder / f"{method}-1").iterdir())
 
@@ -80,6 +115,24 @@ def test_two_processes_evaluate_like_one(setup, protocol):
                  "-q"]) == 0
     one, two = (json.loads((folder / f"eval-{protocol}-{n}.json").read_text()) for n in (1, 2))
     assert one["metrics"] == two["metrics"] and two["world_size"] == 2
+
+
+def test_two_process_resume_is_exact_and_needs_two_processes(setup):
+    folder, users_dat = setup
+    args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", "rrd",
+            "--top", "40", "--dim", "8", "--lr", "0.01", "--no-progress", "-q"]
+    whole, cut = folder / "rrd-whole", folder / "rrd-cut"
+    assert torchrun(*args, "--epochs", "4", "--out", whole, cwd=folder).returncode == 0
+    assert torchrun(*args, "--epochs", "2", "--out", cut, cwd=folder).returncode == 0
+    # one process may not resume what two began (the RNG states and shares are per process)
+    assert main([*map(str, args), "--epochs", "4", "--out", str(cut), "--resume"]) == 2
+    proc = torchrun(*args, "--epochs", "4", "--out", cut, "--resume", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, cut))
+    drop = ("validation_seconds", *TIMING)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a["history"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in b["history"]]
+    assert a["test"] == b["test"]
 
 
 def test_a_mistake_is_said_once(setup):

@@ -372,3 +372,53 @@ def test_option_bounds_are_inclusive_where_they_say_so():
     assert method_options("bd", {"teacher_dim": "0", "redraw_every": "0"}).teacher_dim == 0
     with pytest.raises(ConfigError, match="option temperature must be a finite number > 0, got 0.0"):
         method_options("rrd", {"temperature": "0"})
+
+
+SPLITTABLE = [name for name in METHODS if name not in ("student", "de", "de-rrd", "bd", "ibd")]  # student: no term
+
+
+@pytest.mark.parametrize("rows", ["batch", "spread"])
+@pytest.mark.parametrize("name", SPLITTABLE)
+def test_shares_of_a_batch_sum_to_the_whole_batch(split, teacher, rankings, name, rows):
+    """Data-parallel training: each process's share of a batch's rows (its part
+    of each mean), summed over the processes, gives the one-process loss and
+    gradient: checked here for 3 processes, one after the other."""
+    options = {"rows": rows, **({"warmup": 0} if name == "rd" else {})}
+    method = build_method(name, distill_context(split, new_model(split, 4)), teacher, rankings, options)
+    assert method.splits_by_rows
+    method.refresh(0, batches=3)
+    users = torch.as_tensor(split.train.users[:96])
+    pos = torch.as_tensor(split.train.items[:96])
+    neg = torch.randint(0, split.n_items, (96, 1), generator=torch.Generator().manual_seed(0))
+    params = list(method.student.parameters())
+
+    def loss_and_grads():
+        method.schedule.index = 1  # the same batch of the epoch every time
+        terms = method.loss(users, pos, neg)
+        for p in params:
+            p.grad = None
+        total = sum(terms.values())
+        total.backward()
+        return {k: float(v.detach()) for k, v in terms.items()}, [p.grad.clone() for p in params]
+
+    whole_terms, whole_grads = loss_and_grads()
+    assert whole_terms and all(v != 0 for v in whole_terms.values())
+    parts = []
+    for process in range(3):
+        method.schedule.shard = (process, 3)
+        parts.append(loss_and_grads())
+    method.schedule.shard = None
+    for term, value in whole_terms.items():
+        assert sum(p[0][term] for p in parts) == pytest.approx(value, rel=1e-5)
+    for i, grad in enumerate(whole_grads):
+        torch.testing.assert_close(sum(p[1][i] for p in parts), grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["de", "bd", "ibd", "de-rrd"])
+def test_methods_that_draw_per_batch_refuse_to_be_split(split, teacher, rankings, name):
+    method = build_method(name, distill_context(split, new_model(split, 4)), teacher, rankings)
+    assert not method.splits_by_rows
+    with pytest.raises(ConfigError, match="cannot be split by rows"):
+        method.shard_rows(0, 2)
+    rd = build_method("rd", distill_context(split, new_model(split, 4)), teacher, rankings, {"rank_estimate": "sampled"})
+    assert not rd.splits_by_rows

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 import torch
 from torch import nn
 
-from .. import distributed
+from .. import distributed, progress
 from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError
 from ..ops import rank_positions, relaxed_listmle
@@ -173,8 +173,9 @@ class Side:
         -1 gets a meaningless rank: mask it)."""
         first, last = distributed.row_shard(self.n_rows)  # this process's rows; all of them for one process
         out = torch.empty((last - first, *targets.shape[1:]), dtype=torch.int64, device=self.device)
+        blocks = list(row_blocks(last - first, self.n_cols))
         with evaluation_mode(model):
-            for start, stop in row_blocks(last - first, self.n_cols):
+            for start, stop in progress.bar(blocks, desc=f"student: catalogue ranks, {self.name} side", unit="block"):
                 start, stop = first + start, first + stop
                 scores = self.score_all(model, torch.arange(start, stop, device=self.device))
                 exclude = csr_rows(self.indptr, self.indices, start, stop)
@@ -200,11 +201,18 @@ class RowSchedule:
     ``spread`` draws each side's permutation from the context's generator the
     first time a batch asks for that side, so a method that distils nothing
     (the plain student) draws nothing and trains exactly like no method.
+
+    Under data-parallel training (``shard``: this process and the number of
+    processes) each process distils its contiguous share of a batch's rows,
+    and ``mean`` divides by the rows of all processes, so that the processes'
+    terms, summed, are the one-process batch mean.
     """
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.index = 0  # the batch within the epoch
+        self.shard: tuple[int, int] | None = None  # (process, processes) under data-parallel training
+        self._rows_in_batch: dict[str, int] = {}
         self._generator: torch.Generator | None = None
         self._n_batches = 1
         self._permutations: dict[str, list[torch.Tensor]] = {}
@@ -220,16 +228,30 @@ class RowSchedule:
 
     def rows(self, side: str, n_rows: int, batch_ids: torch.Tensor) -> torch.Tensor:
         """``batch``: the distinct ``batch_ids`` (the batch's users or positive
-        items); ``spread``: this batch's share of a shuffled ``range(n_rows)``."""
+        items); ``spread``: this batch's share of a shuffled ``range(n_rows)``.
+        Under data-parallel training, this process's share of those."""
         if self.mode == "batch":
-            return torch.unique(batch_ids)
-        if side not in self._permutations:
-            order = torch.randperm(n_rows, generator=self._generator, device=batch_ids.device)
-            self._permutations[side] = order.tensor_split(self._n_batches)
-        if self.index >= self._n_batches:
-            raise ConfigError(f"rows='spread' was told of {self._n_batches} batches per epoch "
-                              "(refresh(epoch, batches=N)) and got more")
-        return self._permutations[side][self.index]
+            rows = torch.unique(batch_ids)
+        else:
+            if side not in self._permutations:
+                order = torch.randperm(n_rows, generator=self._generator, device=batch_ids.device)
+                self._permutations[side] = order.tensor_split(self._n_batches)
+            if self.index >= self._n_batches:
+                raise ConfigError(f"rows='spread' was told of {self._n_batches} batches per epoch "
+                                  "(refresh(epoch, batches=N)) and got more")
+            rows = self._permutations[side][self.index]
+        if self.shard is None:
+            return rows
+        self._rows_in_batch[side] = len(rows)
+        start, stop = distributed.row_shard_of(len(rows), *self.shard)
+        return rows[start:stop]
+
+    def mean(self, side: str, per_row: torch.Tensor) -> torch.Tensor:
+        """The batch's mean of ``per_row`` over the rows ``rows(side, ...)``
+        gave; under data-parallel training this process's part of it."""
+        if self.shard is None:
+            return per_row.mean()
+        return per_row.sum() / max(self._rows_in_batch[side], 1)
 
 
 def listwise_losses(model: Scorer, side: Side, rows: torch.Tensor,
@@ -445,6 +467,24 @@ class Distillation:
     def parameters(self) -> Iterable[nn.Parameter]:
         """The method's own trainable parameters (none here)."""
         return ()
+
+    @property
+    def splits_by_rows(self) -> bool:
+        """Whether ``loss`` can be split across data-parallel processes by rows
+        with the one-process result: its terms are means (or sums) over the
+        batch's rows and it draws nothing at random per batch. The others
+        (DE: Gumbel selection per batch; RD with sampled ranks; BD and iBD:
+        means over listed entries, and a teacher trained on the batch) train
+        replicated under torchrun."""
+        return True
+
+    def shard_rows(self, process: int, processes: int) -> None:
+        """Data-parallel training: from now on ``loss`` distils process
+        ``process``'s share of each batch's rows (its part of each mean); the
+        processes' gradients, summed, are the one-process gradient."""
+        if not self.splits_by_rows:
+            raise ConfigError(f"{self.name} draws at random per batch: it cannot be split by rows")
+        self.schedule.shard = (process, processes)
 
     def co_trained(self) -> dict[str, nn.Module]:
         """Models trained besides the student, by name (none here)."""

@@ -241,6 +241,10 @@ class BD(Distillation):
     def parameters(self) -> Iterable[nn.Parameter]:
         return self.teacher.parameters()
 
+    @property
+    def splits_by_rows(self) -> bool:
+        return False  # its terms average over the batch's listed entries, and the teacher trains on the batch too
+
     def co_trained(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}
 

@@ -74,4 +74,4 @@ class CD(Distillation):
         valid = (cols >= 0).float()
         bce = F.binary_cross_entropy_with_logits(side.scores(model, rows, cols), self.labels[rows], reduction="none")
         per_row = (bce * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
-        return {"cd": self.options.lambda_cd * per_row.mean()}
+        return {"cd": self.options.lambda_cd * self.schedule.mean("user", per_row)}

@@ -69,6 +69,10 @@ class Combined(Distillation):
             out.update(part.co_trained())
         return out
 
+    @property
+    def splits_by_rows(self) -> bool:
+        return all(part.splits_by_rows for part in self.parts)
+
     def parameters(self) -> Iterable[nn.Parameter]:
         return list(itertools.chain.from_iterable(part.parameters() for part in self.parts))
 

@@ -175,6 +175,10 @@ class DE(Distillation):
     def parameters(self) -> Iterable[nn.Parameter]:
         return list(self.experts.parameters())
 
+    @property
+    def splits_by_rows(self) -> bool:
+        return False  # the experts' Gumbel selection draws per batch
+
     def state_dict(self) -> dict[str, Any]:
         return {"experts": self.experts.state_dict()}
 

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
-
 from .. import distributed
 from ..blocks import block_rows, csr_rows, row_blocks
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
+from ..progress import bar
 from ..scoring import InteractionMatrix, as_interactions
 from ..split import Split
 
@@ -92,15 +91,15 @@ def _padded(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tensor, torch.Tensor], top: int, *,
-                desc: str = "", progress: bool = False) -> torch.Tensor:
+                desc: str = "", progress: bool | None = None) -> torch.Tensor:
     """``[n_rows, top]`` best columns per row, best first, the ``observed``
-    (CSR) columns of each row left out; ``score_rows(rows)`` gives ``[b, n_cols]``."""
+    (CSR) columns of each row left out; ``score_rows(rows)`` gives ``[b, n_cols]``.
+    ``progress``: a bar (None: as ``rankdistill.progress.show_progress`` says)."""
     indptr, indices = observed
     top = min(top, n_cols)
     first, last = distributed.row_shard(n_rows)  # this process's rows; all of them for one process
     out = torch.empty((last - first, top), dtype=torch.int64, device=indptr.device)
-    for start, stop in tqdm(list(row_blocks(last - first, n_cols)), desc=desc, unit="block", leave=False,
-                            disable=not progress):
+    for start, stop in bar(list(row_blocks(last - first, n_cols)), desc=desc, unit="block", on=progress):
         scores = _masked_rows(score_rows, first + start, first + stop, indptr, indices, n_cols)
         values, columns = scores.topk(top, dim=1)
         out[start:stop] = _padded(values, columns)
@@ -108,7 +107,7 @@ def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tens
 
 
 def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interactions: InteractionMatrix, top: int,
-                    progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both lists from one pass over the score matrix: each block of users
     gives its rows' top items, and its columns are merged into a running
     top-C of users per item."""
@@ -119,8 +118,8 @@ def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interacti
     items_of_user = torch.empty((n_users, top_items), dtype=torch.int64, device=device)
     best_values = torch.full((n_items, top_users), -torch.inf, device=device)
     best_users = torch.full((n_items, top_users), -1, dtype=torch.int64, device=device)
-    for start, stop in tqdm(list(row_blocks(n_users, n_items)), desc="teacher: top items and users", unit="block",
-                            leave=False, disable=not progress):
+    for start, stop in bar(list(row_blocks(n_users, n_items)), desc="teacher: top items and users", unit="block",
+                           on=progress):
         scores = _masked_rows(score_all, start, stop, indptr, indices, n_items)
         values, columns = scores.topk(top_items, dim=1)
         items_of_user[start:stop] = _padded(values, columns)
@@ -133,7 +132,7 @@ def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interacti
 
 @torch.no_grad()
 def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
-                     progress: bool = False) -> TeacherRankings:
+                     progress: bool | None = None) -> TeacherRankings:
     """The teacher's top-``top`` lists on both sides, each row's training
     interactions left out (on the interactions' device).
 
@@ -145,6 +144,9 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
         interactions: an ``InteractionMatrix``, ``Interactions`` or ``Split``
             (its training part).
         top: C, the length of the lists.
+        progress: a progress bar (True), none (False), or as
+            ``rankdistill.progress.show_progress`` says (None: off outside
+            it, and outside the trainer and the command line).
 
     A teacher that runs a network per pair (NeuMF), or that offers only
     ``score_all``, is scored once: each block of users that fits
@@ -205,7 +207,7 @@ def _check_cached(rankings: TeacherRankings, split: Split, top: int, cache: Path
 
 
 def load_or_compute_rankings(teacher_path: str | Path, teacher: Any, split: Split,
-                             top: int = DEFAULT_TOP, *, progress: bool = False) -> TeacherRankings:
+                             top: int = DEFAULT_TOP, *, progress: bool | None = None) -> TeacherRankings:
     """The cached lists in ``TEACHER_DIR/rankings-cTOP.pt`` if they were made
     from this very checkpoint and split, else computed and cached there."""
     teacher_path = Path(teacher_path)

@@ -123,7 +123,11 @@ class RD(Distillation):
         weights = rd_weights(ranks, self.position[: cols.shape[1]], mu=o.mu, renormalize=o.renormalize)
         weights = weights.masked_fill(cols < 0, 0.0)  # rows with fewer than K unobserved items
         per_row = -(weights * F.logsigmoid(scores)).sum(dim=1)
-        return {"rd": o.lambda_rd * per_row.mean()}
+        return {"rd": o.lambda_rd * self.schedule.mean("user", per_row)}
+
+    @property
+    def splits_by_rows(self) -> bool:
+        return self.options.rank_estimate == "exact"  # sampled ranks draw per batch
 
     # Exact ranks live for rank_every epochs: a resumed run needs them.
     def state_dict(self) -> dict[str, Any]:

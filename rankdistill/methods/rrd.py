@@ -97,7 +97,11 @@ class RRD(Distillation):
             if not on_side:
                 continue
             side = self.side(side_name)
+            # split by rows across processes: each process's part of the batch mean
+            per_row = self.schedule.shard is not None and self.options.reduction == "mean"
             values = listwise_losses(model, side, self.batch_rows(side, batch), [term[3] for term in on_side],
-                                     self.options.reduction)
+                                     "none" if per_row else self.options.reduction)
+            if per_row:
+                values = [self.schedule.mean(side_name, value) for value in values]
             out.update({term[0]: term[2] * value for term, value in zip(on_side, values)})
         return out

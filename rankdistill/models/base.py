@@ -99,6 +99,10 @@ class Recommender(nn.Module):
     def item_representation(self, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # Whether ``loss`` draws at random (CDAE's corruption): under torchrun such
+    # a model trains replicated, since a share of a batch would draw otherwise.
+    draws_in_loss: bool = False
+
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """The model's own training loss on positives ``[B]`` and sampled
         negatives ``[B, k]`` (mean over the batch)."""

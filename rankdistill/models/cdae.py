@@ -37,6 +37,7 @@ class CDAE(Recommender):
         if indptr.shape != (self.n_users + 1,):
             raise ConfigError(f"CDAE: indptr must have n_users + 1 = {self.n_users + 1} entries")
         self.corruption = float(corruption)
+        self.draws_in_loss = self.corruption > 0
         self.register_buffer("train_indptr", indptr, persistent=False)
         self.register_buffer("train_indices", indices, persistent=False)
         self.item_in = nn.EmbeddingBag(self.n_items, self.dim, mode="sum")
