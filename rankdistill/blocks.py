@@ -5,7 +5,8 @@ corrections, BD's rounds, full evaluation) scores a ``[rows, columns]`` matrix
 that is far too large to hold at once (CiteULike: 5,551 x 16,980; catalogues of
 10^7 items). Everything that does so walks the rows in blocks whose
 temporaries stay within ``SCORE_ALL_BUDGET`` elements, and slices the rows'
-share of a CSR list (the observed columns to exclude) with ``csr_rows``.
+share of a CSR list (the observed columns to exclude) with ``csr_rows`` (any
+rows: ``csr_select``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Iterator, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["SCORE_ALL_BUDGET", "block_rows", "csr_rows", "row_blocks"]
+__all__ = ["SCORE_ALL_BUDGET", "block_rows", "csr_rows", "csr_select", "row_blocks"]
 
 # Upper bound on the elements of one block's temporaries (64 MiB of float32).
 SCORE_ALL_BUDGET = 1 << 24
@@ -41,3 +42,13 @@ def csr_rows(indptr: Array, indices: Array, start: int, stop: int) -> tuple[Arra
     """Rows ``start:stop`` of a CSR list as a CSR list of their own (its
     ``indptr`` starts at 0), as ``rank_positions``' ``exclude`` takes it."""
     return indptr[start:stop + 1] - indptr[start], indices[indptr[start]:indptr[stop]]
+
+
+def csr_select(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``rows`` (any order) of a CSR list as a CSR list of their own."""
+    starts = indptr[rows]
+    lengths = indptr[rows + 1] - starts
+    local = torch.zeros(len(rows) + 1, dtype=indptr.dtype, device=indptr.device)
+    torch.cumsum(lengths, 0, out=local[1:])
+    positions = torch.arange(int(local[-1]), device=indptr.device) + torch.repeat_interleave(starts - local[:-1], lengths)
+    return local, indices[positions]

@@ -1,6 +1,11 @@
 """Implicit-feedback data: the container, the loaders, k-core filtering and the
 embedded synthetic data set.
 
+The loaders read text (users.dat or delimited), gunzipped when the file is
+gzip-compressed; a known binary format (Parquet, zip, Excel, ...) is refused
+by name. A delimited file's columns are named by ``columns=``, else by its
+header (``COLUMN_NAMES``), else by position.
+
 Every loader returns *dense* ids (users ``0..n_users-1``, items
 ``0..n_items-1``, only those with at least one interaction) and keeps the ids of
 the file in ``user_ids`` / ``item_ids``. Interactions are a set: a repeated
@@ -9,19 +14,23 @@ the file in ``user_ids`` / ``item_ids``. Interactions are a set: a repeated
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gzip
 import hashlib
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, DataError
 
 __all__ = [
+    "COLUMN_NAMES",
     "FORMATS",
     "DataError",
     "Interactions",
@@ -30,6 +39,7 @@ __all__ = [
     "load",
     "load_delimited",
     "load_users_dat",
+    "parse_columns",
     "synthetic",
 ]
 
@@ -190,22 +200,116 @@ def _check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a UTF-8 text file, without a leading byte
-    order mark; a line that is not UTF-8 or holds a NUL byte is a ``DataError``
-    naming it (decoded line by line to know which)."""
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+# How much of a file is looked at to recognise a binary format.
+_SNIFF_BYTES = 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _binary_format(head: bytes, tail: bytes | None) -> tuple[str, str] | None:
+    """``(what the file is, what to do)`` when the first bytes of a file (and,
+    for a plain file, its last ones) are those of a known binary format."""
+    if head.startswith(b"PAR1") and (tail == b"PAR1" or b"\0" in head):
+        return "a Parquet file", ("convert it to CSV/TSV, e.g. with pandas: "
+                                  "pandas.read_parquet('FILE').to_csv('ratings.csv', index=False)")
+    if head.startswith(b"ARROW1"):
+        return "an Arrow/Feather file", ("convert it to CSV/TSV, e.g. with pandas: "
+                                         "pandas.read_feather('FILE').to_csv('ratings.csv', index=False)")
+    if head.startswith(b"PK\x03\x04"):
+        # a zip archive: its first member's name (local file header: name length at 26, name at 30)
+        size = int.from_bytes(head[26:28], "little")
+        first = head[30:30 + size].decode("utf-8", "replace")
+        if first == "[Content_Types].xml" or b"xl/" in head:
+            return "an Excel workbook (.xlsx)", "save the sheet as CSV (File > Save As) or with pandas.read_excel"
+        if first.endswith(".npy"):
+            return "a NumPy .npz archive", "write the interactions as text (user, item per line)"
+        named = f" (its first member: {first})" if first else ""
+        return f"a zip archive{named}", "unzip it and pass the text file inside"
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "a Microsoft Office file (e.g. an .xls workbook)", "save the sheet as CSV"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file", ("convert it to CSV/TSV, e.g. with pandas: "
+                                "pandas.read_hdf('FILE').to_csv('ratings.csv', index=False)")
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy array", "write the interactions as text (user, item per line)"
+    if head.startswith(b"SQLite format 3\0"):
+        return "an SQLite database", "export the table as CSV (sqlite3 -csv -header FILE 'select ...')"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle", "write the interactions as text (e.g. DataFrame.to_csv)"
+    if head.startswith(_GZIP_MAGIC):
+        return "compressed twice with gzip", "gunzip it once"
+    if re.match(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)", head):
+        return "compressed with bzip2", "decompress it (bunzip2), or compress it with gzip instead"
+    if head.startswith(b"\xfd7zXZ\0"):
+        return "compressed with xz", "decompress it (unxz), or compress it with gzip instead"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "compressed with zstd", "decompress it (unzstd), or compress it with gzip instead"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "a 7-Zip archive", "extract it and pass the text file inside"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+    if len(head) > 257 + 5 and head[257:262] == b"ustar":
+        return "a tar archive", "extract it (tar -xf) and pass the text file inside"
+    return None
+
+
+@contextlib.contextmanager
+def _open_data(path: Path) -> Iterator[BinaryIO]:
+    """The bytes of a data file, gunzipped when it is gzip-compressed (by its
+    content, whatever its name); a ``DataError`` naming the format of a known
+    binary file (Parquet, zip, Excel, ...) and for a file that holds a NUL
+    byte early on (a binary file: the line is named, as when one comes later)."""
+    with open(path, "rb") as raw:
+        head = raw.read(_SNIFF_BYTES)
+        compressed = head.startswith(_GZIP_MAGIC)
+        if compressed:
+            raw.seek(0)
+            stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb")
             try:
-                # utf-8-sig drops the BOM some editors write at the start of the file
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{path}, line {lineno}: not UTF-8 text (is this a binary file?)") from None
-            # NUL is valid UTF-8 but never in a text file: a binary file of zeros would
-            # otherwise fail as a confusing "not an integer" or "1 column".
-            if "\0" in line:
-                raise DataError(f"{path}, line {lineno}: holds a NUL byte (is this a binary file?)")
-            yield lineno, line
+                head = stream.read(_SNIFF_BYTES)
+                stream.seek(0)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise DataError(f"{path}: not a readable gzip file ({exc})") from None
+            if not head:
+                raise DataError(f"{path}: the file is empty (once gunzipped)")
+            tail = None
+        else:
+            stream = raw
+            raw.seek(max(raw.seek(0, os.SEEK_END) - 4, 0))
+            tail = raw.read(4)
+            raw.seek(0)
+        known = _binary_format(head, tail)
+        if known is not None:
+            what, todo = known
+            inside = " (inside gzip)" if compressed and what != "compressed twice with gzip" else ""
+            text = "UTF-8 text" if what == "UTF-16 text" else "text"
+            raise DataError(f"{path} is {what}{inside}, not {text}; {todo.replace('FILE', str(path))}")
+        if b"\0" in head:
+            lineno = head.count(b"\n", 0, head.index(b"\0")) + 1
+            raise DataError(f"{path}, line {lineno}: holds a NUL byte (is this a binary file?)")
+        yield stream
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file (gunzipped if it is
+    gzip-compressed), without a leading byte order mark; a known binary format
+    is refused by name (``_open_data``), and a line that is not UTF-8 or holds
+    a NUL byte is a ``DataError`` naming it (decoded line by line to know which)."""
+    with _open_data(path) as f:
+        lineno = 0
+        try:  # (only reading the file raises these: the caller's exceptions do not reach this frame)
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    # utf-8-sig drops the BOM some editors write at the start of the file
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{path}, line {lineno}: not UTF-8 text (is this a binary file?)") from None
+                # NUL is valid UTF-8 but never in a text file: a binary file of zeros would
+                # otherwise fail as a confusing "not an integer" or "1 column".
+                if "\0" in line:
+                    raise DataError(f"{path}, line {lineno}: holds a NUL byte (is this a binary file?)")
+                yield lineno, line
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}, after line {lineno}: the gzip data is damaged or truncated ({exc})") from None
 
 
 def _display_name(path: Path) -> str:
@@ -232,8 +336,9 @@ def _parse_ids(tokens: list[str], path: Path, lineno: int, what: str) -> list[in
 
 
 def load_users_dat(path: str | os.PathLike) -> Interactions:
-    """Read the ``users.dat`` format: line u (0-based) is user u, ``COUNT item
-    item ...`` with item ids in ``[0, 2^63-1]``; an empty or ``0`` line is a
+    """Read the ``users.dat`` format (gunzipped if it is gzip-compressed):
+    line u (0-based) is user u, ``COUNT item item ...`` with item ids in
+    ``[0, 2^63-1]``; an empty or ``0`` line is a
     user with no interactions (dropped by the dense re-indexing; the kept
     users' line numbers are ``user_ids``, their items' ids ``item_ids``).
     Memory grows with the number of interactions, not with the largest id."""
@@ -272,68 +377,226 @@ def _guess_separator(line: str) -> str | None:
     return None  # whitespace
 
 
+# The columns a delimited file may have, and the names a header (or
+# ``columns=``) may give each: compared case-insensitively, without a RecBole
+# type suffix (``user_id:token``), surrounding quotes, and with ``-`` and
+# spaces read as ``_`` (``User-ID`` is ``user_id``).
+COLUMN_NAMES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userid", "uid", "reviewer_id", "reviewerid", "customer_id"),
+    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id", "movieid", "product_id", "asin",
+             "business_id", "venue_id", "book_id", "isbn", "track_id"),
+    "rating": ("rating", "score", "stars", "book_rating"),
+    "timestamp": ("timestamp", "time", "ts", "unix_timestamp", "unixreviewtime"),
+}
+_ALIASES = {alias: column for column, aliases in COLUMN_NAMES.items() for alias in aliases}
+_IGNORED = ("-", "_")  # a column named so in columns= is skipped
+# Without a header or columns=: the columns by position.
+_POSITIONAL = ("user", "item", "rating", "timestamp")
+
+
+def _column_key(name: str) -> str:
+    name = name.strip().strip("\"'").strip().split(":", 1)[0]  # RecBole: "user_id:token"
+    return re.sub(r"[\s\-]+", "_", name.lower())
+
+
+def _known_names() -> str:
+    return "; ".join(f"{column}: {', '.join(aliases)}" for column, aliases in COLUMN_NAMES.items())
+
+
+def _role_problem(roles: Sequence[str | None], names: Sequence[str]) -> str | None:
+    """What is wrong with the roles of a file's columns (None: nothing)."""
+    for column in COLUMN_NAMES:
+        named = [repr(name.strip()) for name, role in zip(names, roles) if role == column]
+        if len(named) > 1:
+            return f"{' and '.join(named)} both name the {column} column"
+    missing = [column for column in ("user", "item") if column not in roles]
+    if missing:
+        return f"no {' and no '.join(missing)} column"
+    return None
+
+
+def parse_columns(columns: str | Sequence[str]) -> tuple[str | None, ...]:
+    """The role of each column of a delimited file, in the file's order, from
+    names such as ``"item,user,rating"`` or ``["user", "item", "-",
+    "timestamp"]``: ``user``, ``item``, ``rating``, ``timestamp`` or one of
+    their aliases (``COLUMN_NAMES``), ``-`` or ``_`` (None) for a column to
+    ignore. User and item are required, no column may be named twice; a
+    mistake is a ``ConfigError``."""
+    if isinstance(columns, str):
+        names = columns.split(",")
+    elif isinstance(columns, Sequence) and all(isinstance(name, str) for name in columns):
+        names = list(columns)
+    else:
+        raise ConfigError(f"columns: expected names such as 'user,item,rating' or a list of them, got {columns!r}")
+    roles: list[str | None] = []
+    for name in names:
+        if name.strip() in _IGNORED:
+            roles.append(None)
+            continue
+        role = _ALIASES.get(_column_key(name))
+        if role is None:
+            what = f"unknown column name {name.strip()!r}" if name.strip() else "an empty column name"
+            raise ConfigError(f"columns {','.join(n.strip() for n in names)!r}: {what}; name each column user, "
+                              "item, rating or timestamp (or an alias, e.g. user_id, movieId), or - to ignore it")
+        roles.append(role)
+    problem = _role_problem(roles, names)
+    if problem:
+        raise ConfigError(f"columns {','.join(n.strip() for n in names)!r}: {problem}")
+    return tuple(roles)
+
+
+def _header_roles(fields: list[str]) -> tuple[str, ...] | None:
+    """The roles a header line gives its columns when every name is known,
+    user and item among them, none twice; else None."""
+    roles = [_ALIASES.get(_column_key(field)) for field in fields]
+    if None in roles or _role_problem(roles, fields):
+        return None
+    return tuple(roles)
+
+
+def _suggested_columns(fields: list[str]) -> str | None:
+    """``--columns`` for a header: its known names, ``-`` for the others; None
+    when that would not be valid (no user or item, a column named twice)."""
+    roles = [_ALIASES.get(_column_key(field)) for field in fields]
+    if _role_problem(roles, fields):
+        return None
+    return ",".join(role or "-" for role in roles)
+
+
+def _unrecognised_header(path: Path, lineno: int, fields: list[str]) -> str:
+    unknown = [field for field in fields if _ALIASES.get(_column_key(field)) is None]
+    verb = "is not a known column name" if len(unknown) == 1 else "are not known column names"
+    problem = (f"{', '.join(map(repr, unknown))} {verb}"
+               if unknown else _role_problem([_ALIASES[_column_key(f)] for f in fields], fields))
+    suggestion = _suggested_columns(fields)
+    example = f", e.g. --columns {suggestion}" if suggestion else ""
+    return (f"{path}, line {lineno}: the header {', '.join(map(repr, fields))} cannot be read: {problem}; name the "
+            f"file's columns with --columns (columns= in Python){example} (- ignores a column); known names, in "
+            f"any case: {_known_names()}")
+
+
+def _header_hint(fields: list[str], columns_given: bool) -> str:
+    """What to do when a first line that was read as data looks like a header."""
+    if columns_given:
+        return "pass --header (header=True) to skip it"
+    suggestion = _suggested_columns(fields) or "user,item,..."
+    return (f"its names are not known column names, so name the columns: --header --columns {suggestion} "
+            "(- ignores a column)")
+
+
 def load_delimited(
     path: str | os.PathLike,
     *,
     sep: str | None = None,
-    header: bool = False,
+    header: bool | None = None,
+    columns: str | Sequence[str] | None = None,
     rating_threshold: float | None = None,
 ) -> Interactions:
-    """Read delimited text, one interaction per line: ``user, item [, rating
-    [, timestamp]]``.
+    """Read delimited text, one interaction per line (a ``.gz`` file is
+    gunzipped): a user, an item and optionally a rating and a timestamp.
 
-    ``sep=None`` guesses the separator from the first data line (tab, ``::``,
-    comma, semicolon, ``|``, else whitespace). ``header=True`` skips the first
-    line. With ``rating_threshold`` only rows with ``rating >= threshold`` are
-    interactions. User and item ids are opaque strings, kept as int64 when all
-    of a column's ids are integers that fit int64 (one that does not keeps the
-    column as strings). Empty lines and lines starting with ``#`` are skipped.
-    Without ``header``, a first line whose ids are not integers while the other
-    lines' are, or whose rating or timestamp is not a number, is an error that
-    suggests ``header=True``.
+    Which column is which: ``columns`` if given (see ``parse_columns``: e.g.
+    ``["item", "user", "-", "timestamp"]``, every column of the file named,
+    ``-`` to ignore one), else the header's names, else the position (``user,
+    item [, rating [, timestamp]]``). The header is the first line that is
+    neither empty nor a ``#`` comment: with ``header=None`` (the default) it is
+    a header when each of its names is a known column name (``COLUMN_NAMES``:
+    ``userId``, ``item_id:token``, ``rating``, ``timestamp``, ... in any case),
+    user and item among them; ``header=True``: it is a header (its names must
+    be known unless ``columns`` is given), ``header=False``: it is data. A
+    recognised header that disagrees with ``columns`` is an error (pass
+    ``header=True`` to skip it and keep ``columns``).
+
+    ``sep=None`` guesses the separator from that first line (tab, ``::``,
+    comma, semicolon, ``|``, else whitespace). With ``rating_threshold`` only
+    rows with ``rating >= threshold`` are interactions. User and item ids are
+    opaque strings, kept as int64 when all of a column's ids are integers that
+    fit int64 (one that does not keeps the column as strings). Empty lines and
+    lines starting with ``#`` are skipped. With ``header=None``, a first line
+    read as data whose ids are not integers while the other lines' are, or
+    whose rating or timestamp is not a number, is an error that says how to
+    name the columns.
     """
     path = _check_file(path)
+    if header not in (None, True, False):
+        raise ConfigError(f"header must be True, False or None (detect), got {header!r}")
+    roles = None if columns is None else parse_columns(columns)
     raw_users: list[str] = []
     raw_items: list[str] = []
     ratings: list[float] = []
     times: list[float] = []
     n_columns = None
-    first: tuple[int, str] | None = None  # (line number, text) of the first data line: the header hints
+    # positions of the user, item, rating and timestamp columns (None: absent), once known
+    at_user = at_item = 0
+    at_rating: int | None = None
+    at_time: int | None = None
+    header_lineno = None
+    first: tuple[int, str, list[str]] | None = None  # the first data line: the header hints
+    started = False
     for lineno, line in _lines(path):
-        if header and lineno == 1:
-            continue
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        if first is None:
-            first = (lineno, stripped)
-        if n_columns is None and sep is None:
+        if sep is None and not started:
             sep = _guess_separator(stripped)
         fields = [x.strip() for x in stripped.split(sep)]
-        if n_columns is None:
-            n_columns = len(fields)
-            if not 2 <= n_columns <= 4:
-                raise DataError(
-                    f"{path}, line {lineno}: expected 2 to 4 columns (user, item [, rating "
-                    f"[, timestamp]]), found {n_columns}"
-                )
-            if rating_threshold is not None and n_columns < 3:
-                raise ConfigError(f"{path}: a rating threshold needs a rating column (found {n_columns} columns)")
-        elif len(fields) != n_columns:
-            raise DataError(f"{path}, line {lineno}: expected {n_columns} columns, found {len(fields)}")
-        if not fields[0] or not fields[1]:
-            raise DataError(f"{path}, line {lineno}: empty user or item id")
-        raw_users.append(fields[0])
-        raw_items.append(fields[1])
-        for label, column, values in (("rating", 2, ratings), ("timestamp", 3, times)):
-            if n_columns > column:
-                try:
-                    values.append(float(fields[column]))
-                except ValueError:
-                    hint = f"; if line {lineno} is a header, {_header_hint(lineno)}" if lineno == first[0] else ""
+        if not started:
+            started = True
+            named = _header_roles(fields)
+            if header or (header is None and named is not None):
+                header_lineno = lineno
+                if roles is None:
+                    if named is None:
+                        raise DataError(_unrecognised_header(path, lineno, fields))
+                    roles = named
+                elif header is None and named != roles:
                     raise DataError(
-                        f"{path}, line {lineno}: {label} {_shown(fields[column])!r} is not a number{hint}"
-                    ) from None
+                        f"{path}, line {lineno}: the header names the columns {','.join(named)} but --columns "
+                        f"(columns=) names them {','.join(r or '-' for r in roles)}; drop --columns to use the "
+                        "header, or pass --header (header=True) to skip the header and use --columns")
+                if len(roles) != len(fields):
+                    raise DataError(f"{path}, line {lineno}: the header has {len(fields)} columns but --columns "
+                                    f"(columns=) names {len(roles)}")
+                n_columns = len(fields)
+                continue
+        if first is None:
+            first = (lineno, stripped, fields)
+            if roles is None:
+                if not 2 <= len(fields) <= 4:
+                    raise DataError(
+                        f"{path}, line {lineno}: expected 2 to 4 columns (user, item [, rating [, timestamp]]), "
+                        f"found {len(fields)}; name the file's columns with --columns (columns=), e.g. "
+                        f"--columns user,item,rating,timestamp{',-' * max(len(fields) - 4, 0)} (- ignores a column)")
+                roles = _POSITIONAL[:len(fields)]
+            elif n_columns is None and len(fields) != len(roles):
+                raise DataError(f"{path}, line {lineno}: --columns (columns=) names {len(roles)} columns, the "
+                                f"line has {len(fields)}")
+            n_columns = len(roles)
+            at_user, at_item = roles.index("user"), roles.index("item")
+            at_rating = roles.index("rating") if "rating" in roles else None
+            at_time = roles.index("timestamp") if "timestamp" in roles else None
+            if rating_threshold is not None and at_rating is None:
+                raise ConfigError(f"{path}: a rating threshold needs a rating column (the file's columns: "
+                                  f"{', '.join(r or '-' for r in roles)})")
+        if len(fields) != n_columns:
+            raise DataError(f"{path}, line {lineno}: expected {n_columns} columns, found {len(fields)}")
+        user, item = fields[at_user], fields[at_item]
+        if not user or not item:
+            raise DataError(f"{path}, line {lineno}: empty user or item id")
+        raw_users.append(user)
+        raw_items.append(item)
+        try:
+            if at_rating is not None:
+                ratings.append(float(fields[at_rating]))
+            if at_time is not None:
+                times.append(float(fields[at_time]))
+        except ValueError:
+            bad_rating = at_rating is not None and len(ratings) < len(raw_users)
+            label, token = ("rating", fields[at_rating]) if bad_rating else ("timestamp", fields[at_time])
+            hint = ""
+            if lineno == first[0] and header is None and header_lineno is None:
+                hint = f"; if line {lineno} is a header, {_header_hint(fields, columns is not None)}"
+            raise DataError(f"{path}, line {lineno}: {label} {_shown(token)!r} is not a number{hint}") from None
     if not raw_users:
         raise DataError(f"{path}: no interactions (the file has no data lines)")
     raw_users = np.array(raw_users, dtype=object)
@@ -342,14 +605,15 @@ def load_delimited(
     item_is_int = np.array([_INT_TOKEN.fullmatch(x) is not None for x in raw_items], dtype=bool)
     # "user,item" above integer ids would otherwise become an interaction.
     if (
-        not header
+        header is None
+        and header_lineno is None
         and len(raw_users) > 1
         and not (user_is_int[0] or item_is_int[0])
         and (user_is_int[1:].all() or item_is_int[1:].all())
     ):
         raise DataError(
             f"{path}, line {first[0]}: {_shown(first[1])!r} looks like a header (the other lines "
-            f"have integer ids); {_header_hint(first[0])}"
+            f"have integer ids); {_header_hint(first[2], columns is not None)}"
         )
     keep = np.ones(len(raw_users), dtype=bool)
     if rating_threshold is not None:
@@ -363,11 +627,6 @@ def load_delimited(
     return Interactions(
         len(user_ids), len(item_ids), users, items, timestamps, user_ids, item_ids, _display_name(path)
     )
-
-
-def _header_hint(lineno: int) -> str:
-    # --header skips line 1, not the first data line: a data line after comments is kept
-    return "pass --header (header=True) to skip it" if lineno == 1 else "start it with # (--header skips line 1 only)"
 
 
 def _encode_ids(raw: np.ndarray, all_int: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -394,13 +653,20 @@ def detect_format(path: str | os.PathLike, n_lines: int = 50) -> str:
     naming its line; only a line with a delimiter (tab, ``::``, comma, ``;``,
     ``|``) and a token other than a non-negative integer means delimited text.
     Ambiguous files (e.g. ``1 5`` on every line) read as users.dat: pass the
-    format explicitly for those."""
+    format explicitly for those. A first line of known column names (a header,
+    see ``load_delimited``) means delimited text."""
     path = _check_file(path)
     lines: list[list[str]] = []
     delimited_line = False
+    header_checked = False
     for _, line in _lines(path):
         tokens = line.split()
         if tokens:
+            if not header_checked and not tokens[0].startswith("#"):
+                header_checked = True
+                stripped = line.strip()
+                if _header_roles([x.strip() for x in stripped.split(_guess_separator(stripped))]) is not None:
+                    return "delimited"
             lines.append(tokens)
             delimited_line |= _guess_separator(line.strip()) is not None and not all(
                 _UINT_TOKEN.fullmatch(t) for t in tokens
@@ -422,21 +688,29 @@ def load(
     *,
     format: str = "auto",
     sep: str | None = None,
-    header: bool = False,
+    header: bool | None = None,
+    columns: str | Sequence[str] | None = None,
     rating_threshold: float | None = None,
 ) -> Interactions:
-    """Load a data file in either format (``format="auto"`` detects it)."""
+    """Load a data file in either format (``format="auto"`` detects it); a
+    gzip-compressed file is read as its content. ``sep``, ``header``,
+    ``columns`` and ``rating_threshold`` are those of ``load_delimited``."""
     if format not in FORMATS:
         raise ConfigError(f"unknown data format {format!r}; choose one of {', '.join(FORMATS)}")
     detected = format == "auto"
+    if columns is not None:
+        parse_columns(columns)  # a mistake in the names is said before the file is read
     if detected:
         format = detect_format(path)
-    if format == "users.dat" and (header or sep is not None or rating_threshold is not None):
-        raise ConfigError("--sep, --header and --rating-threshold apply to delimited text, not users.dat")
+    if format == "users.dat" and (header or sep is not None or columns is not None or rating_threshold is not None):
+        hint = (" (the file was detected as users.dat; pass --format delimited, format='delimited', if it is not)"
+                if detected else "")
+        raise ConfigError(f"--sep, --header, --columns and --rating-threshold apply to delimited text, not "
+                          f"users.dat{hint}")
     try:
         if format == "users.dat":
             return load_users_dat(path)
-        return load_delimited(path, sep=sep, header=header, rating_threshold=rating_threshold)
+        return load_delimited(path, sep=sep, header=header, columns=columns, rating_threshold=rating_threshold)
     except DataError as exc:
         if not detected:
             raise

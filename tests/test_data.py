@@ -168,27 +168,38 @@ def test_delimited_integer_ids_beyond_int64_keep_their_column_as_strings(tmp_pat
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("user,item\n1,2\n3,4\n", "'user,item' looks like a header"),
-        ("user\titem\nalice\t2\nbob\t3\n", "'user\\titem' looks like a header"),
-        ("user,item,rating\n1,2,5\n", "rating 'rating' is not a number; if line 1 is a header"),
+        ("uzer,thing\n1,2\n3,4\n", "'uzer,thing' looks like a header"),
+        ("uzer\tthing\nalice\t2\nbob\t3\n", "'uzer\\tthing' looks like a header"),
+        ("uzer,thing,stars\n1,2,5\n", "rating 'stars' is not a number; if line 1 is a header"),
     ],
 )
-def test_delimited_header_without_header_option_suggests_it(tmp_path, text, problem):
+def test_delimited_unknown_header_without_header_option_says_how_to_name_the_columns(tmp_path, text, problem):
     path = write(tmp_path, "r.csv", text)
     for reader in (load_delimited, load):
         with pytest.raises(DataError) as info:
             reader(path)
         assert f"{path}, line 1: {problem}" in str(info.value)
-        assert "pass --header (header=True) to skip it" in str(info.value)
+        assert "--header --columns user,item" in str(info.value)
+    columns = ["user", "item", "rating"][: len(text.split("\n")[1].replace("\t", ",").split(","))]
+    assert len(load_delimited(path, header=True, columns=columns)) == text.count("\n") - 1
+
+
+@pytest.mark.parametrize("text", ["user,item\n1,2\n3,4\n", "user\titem\nalice\t2\nbob\t3\n",
+                                  "user,item,rating\n1,2,5\n"])
+def test_delimited_header_of_known_names_is_used_without_header_option(tmp_path, text):
+    # before: an error suggesting --header; a header of known column names is now read as one
+    path = write(tmp_path, "r.csv", text)
+    for reader in (load_delimited, load):
+        assert len(reader(path)) == text.count("\n") - 1
     assert len(load_delimited(path, header=True)) == text.count("\n") - 1
 
 
-def test_delimited_header_after_a_comment_is_not_sent_to_header(tmp_path):
-    # --header would skip the comment on line 1 and keep the header on line 2
+def test_delimited_header_after_a_comment_is_the_header(tmp_path):
+    # --header (and the detection) take the first line that is neither empty nor a comment
     for text in ("# from the app\nuser,item\n1,2\n3,4\n", "#\nuser;item;rating\n1;2;5\n"):
-        with pytest.raises(DataError) as info:
-            load_delimited(write(tmp_path, "r.csv", text))
-        assert "line 2:" in str(info.value) and "start it with # (--header skips line 1 only)" in str(info.value)
+        for header in (None, True):
+            data = load_delimited(write(tmp_path, "r.csv", text), header=header)
+            assert len(data) == text.count("\n") - 2 and data.user_ids.dtype == np.int64
 
 
 def test_delimited_string_ids_are_not_taken_for_a_header(tmp_path):

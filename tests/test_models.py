@@ -21,12 +21,13 @@ def make(name: str, dim: int = 6, seed: int = 0):
     return model.eval()
 
 
+@pytest.mark.parametrize("grad", [False, True])  # BPR scores long lists against its whole table without grad
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_scoring_paths_agree(name):
+def test_scoring_paths_agree(name, grad):
     model = make(name)
     users = torch.tensor([0, 3, 6, 3])
     items = torch.tensor([[0, 5, 12], [1, 1, 2], [7, 8, 9], [12, 0, 4]])
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         many = model.score_items(users, items)
         pairs = model.score(users.repeat_interleave(3), items.reshape(-1)).reshape(4, 3)
         full = model.score_all(users)

@@ -48,7 +48,16 @@ class BPR(Recommender):
         return -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
 
 
+# Without gradients, lists at least 1/64 of the catalogue are scored against
+# the whole table (one matrix product, then a gather): several times faster
+# than gathering [B, M, d] embeddings (sampled evaluation of a dim-200 BPR,
+# 500 of 16,980 items: 0.27 s against 1.8 s per pass over 5,219 users).
+_WHOLE_TABLE_FACTOR = 64
+
+
 def _dot_lists(row_table: torch.Tensor, rows: torch.Tensor, col_table: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """``[B, M]`` dot products of ``row_table[rows[b]]`` with ``col_table[cols[b, m]]``."""
+    if cols.dim() == 2 and not torch.is_grad_enabled() and col_table.shape[0] <= _WHOLE_TABLE_FACTOR * cols.shape[1]:
+        return (row_table.index_select(0, rows) @ col_table.T).gather(1, cols)
     gathered = col_table.index_select(0, cols.reshape(-1)).view(*cols.shape, col_table.shape[1])
     return (gathered * row_table.index_select(0, rows)[:, None, :]).sum(-1)
