@@ -16,13 +16,14 @@ export MAX_JOBS
 PY := $(VENV)/bin/python
 # The build finds ninja (parallel compilation) on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h') setup.py pyproject.toml
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h') setup.py pyproject.toml
 
-.PHONY: build test bench demo clean
+.PHONY: build test bench demo sdist-smoke clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy scipy pytest hypothesis filelock tqdm ninja matplotlib expecttest
+	$(PY) -m pip install -q "$(TORCH_SPEC)" "setuptools>=77" wheel numpy scipy pytest hypothesis filelock tqdm \
+		ninja matplotlib expecttest
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
@@ -39,6 +40,11 @@ bench: build
 
 demo: build
 	$(PY) -m rankdistill demo
+
+# The sdist as a user gets it: built, installed in a fresh virtual environment
+# with torch 2.13.0 (CPU), then the ops, the command and a short demo run (CI).
+sdist-smoke:
+	bash .ci/sdist_smoke.sh
 
 clean:
 	rm -rf build *.egg-info rankdistill/_C*.so $(VENV)/.built

@@ -6,12 +6,34 @@
 
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
+#include <torch/version.h>
+
+// What this build was compiled against: setup.py defines the torch version
+// (torch.__version__, e.g. "2.14.1+cu130") and the CUDA version of the CUDA
+// kernels ("none" for a CPU-only build). The C++ ABI of custom ops is not
+// stable across torch releases, so rankdistill/_build.py reads this line from
+// the file itself before loading it (under another torch, loading can already
+// fail on a missing symbol) and refuses a build made for another torch.
+#ifndef RANKDISTILL_TORCH_VERSION
+#define RANKDISTILL_TORCH_VERSION TORCH_VERSION  // compiled without setup.py: the release only
+#endif
+#ifndef RANKDISTILL_CUDA_VERSION
+#define RANKDISTILL_CUDA_VERSION "unknown"
+#endif
+static const char kBuildInfo[] =
+    "rankdistill-build-info torch=" RANKDISTILL_TORCH_VERSION " cuda=" RANKDISTILL_CUDA_VERSION "\n";
 
 // `import rankdistill._C` loads this shared library, which runs the
-// TORCH_LIBRARY static initialisers below.
+// TORCH_LIBRARY static initialisers below; `rankdistill._C.build_info` is the
+// line above.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddStringConstant(module, "build_info", kBuildInfo) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 
 TORCH_LIBRARY(rankdistill, m) {

@@ -18,11 +18,18 @@ The public face, usable in any training loop (docs/library.md walks through it):
   ``parameters()``, ``co_trained()``, ``state_dict()``/``load_state_dict()``.
 """
 
-from . import ops, reference
+# Before the ops load the extension: it must be built, and against this torch
+# (else a clear ImportError saying what to run; rankdistill/_build.py).
+from ._build import check_extension as _check_extension
+
+_check_extension()
+
+from . import ops, reference  # noqa: E402
 from .errors import ConfigError, DataError, RankdistillError, TrainingDiverged
 from .methods import (BD, CD, DCD, DE, DERRD, IBD, METHODS, RD, RRD, DistillContext, Distillation, MethodOptions,
                       TeacherRankings, build_method, compute_rankings, method_options)
 from .ops import discrepancy_sample, rank_positions, relaxed_listmle, weighted_sample
+from .progress import log_to_stderr, show_progress
 from .scoring import EmbeddingScorer, InteractionMatrix, Scorer
 
 __all__ = [
@@ -33,6 +40,8 @@ __all__ = [
     # the methods
     "Distillation", "MethodOptions", "RD", "CD", "RRD", "DE", "DERRD", "DCD", "BD", "IBD", "METHODS", "build_method",
     "method_options",
+    # what a run shows: its log lines, progress bars
+    "log_to_stderr", "show_progress",
     # errors
     "RankdistillError", "ConfigError", "DataError", "TrainingDiverged",
 ]
