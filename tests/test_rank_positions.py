@@ -106,6 +106,29 @@ def test_many_targets_per_row(device):
     assert torch.equal(got.cpu(), expected)
 
 
+@pytest.mark.parametrize("targets_kind", ["random", "top", "bottom"])
+def test_counting_with_many_buckets(device, targets_kind):
+    # Counting path with thousands of buckets (the CPU kernel lays about
+    # sqrt(2 x scores in range x targets) of them): scores rounded to create
+    # ties within and across buckets, repeated and excluded targets, targets
+    # the row ranks first (a trained model: few scores in their range), last,
+    # or anywhere; one row of equal scores (one bucket).
+    gen = torch.Generator().manual_seed(21)
+    num_rows, num_cols, num_targets = 6, 20_000, 400
+    scores = (torch.randn(num_rows, num_cols, generator=gen) * 1000).round() / 1000
+    scores[3] = 0.5
+    if targets_kind == "random":
+        targets = torch.randint(0, num_cols, (num_rows, num_targets), generator=gen)
+    else:
+        targets = scores.topk(num_targets, dim=1, largest=targets_kind == "top").indices
+    targets[:, 1] = targets[:, 0]
+    exclude, _ = random_exclude(num_rows, num_cols, 500, gen)
+    exclude[1][: len(exclude[1]) // 4] = targets[0, 0]  # an excluded target (in row 0 or others)
+    expected = reference.rank_positions(scores, targets, exclude=exclude)
+    got = ops.rank_positions(scores.to(device), targets.to(device), exclude=tuple(t.to(device) for t in exclude))
+    assert torch.equal(got.cpu(), expected)
+
+
 def test_all_columns_of_a_large_catalogue(device):
     # 18 rows x 2^20 columns: more than one row block of the CUDA sort path
     # (2^24 elements), with exclusions on both sides of the block boundary.

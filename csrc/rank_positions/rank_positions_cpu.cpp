@@ -1,9 +1,12 @@
 // rank_positions on the CPU, parallel over rows. Two exact algorithms:
-//  - counting (targets given and few): sort the row's T targets, then one pass
-//    over the N scores, each located among the targets (a table of buckets
-//    over the targets' score range, then a short binary search); a prefix sum of the
-//    per-slot counts gives every target's rank. About O(N) per row, and no
-//    buffer larger than T per thread.
+//  - counting (targets given and few): sort the row's T targets and lay a
+//    table of equal-width buckets over their score range; then one pass over
+//    the N scores counts each into its bucket (a histogram), and only the
+//    scores that share a bucket with a target are located among that bucket's
+//    targets (a short binary search). A target's rank is the count of the
+//    buckets above its own plus the scores of its bucket that rank before it.
+//    About O(N) per row, with the per-score work branch-light (most buckets
+//    hold no target), and no buffer larger than N per thread.
 //  - sorting (all columns, or T comparable to N): sort the row once by 64-bit
 //    (score, column) keys and read the ranks off. O(N log N), buffers of N
 //    per thread (never [B, N]).
@@ -14,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -45,13 +49,19 @@ class TargetIndex {
   std::vector<float> scores;
   std::vector<int32_t> cols;  // columns fit in 31 bits (checked)
 
-  // Call after filling `scores` and `cols` (sorted in ranking order, n > 0).
-  void build_buckets() {
+  // Call after filling `scores` and `cols` (sorted in ranking order, n > 0),
+  // with the number of the row's scores within the targets' range.
+  void build_buckets(int64_t scores_in_range) {
     const int n = static_cast<int>(scores.size());
     low_ = scores[n - 1];
     high_ = scores[0];
+    // Each bucket costs a little per row; each score that shares a bucket
+    // with a target costs a search, and about n / buckets of the scores in
+    // range do: the sum is least near sqrt(scores_in_range * n) buckets (a
+    // trained model's top targets span few scores: few buckets).
+    const double balance = std::sqrt(2.0 * static_cast<double>(scores_in_range) * n);
     int num_buckets = 16;
-    while (num_buckets < 2 * n && num_buckets < (1 << 16)) num_buckets <<= 1;
+    while (num_buckets < balance && num_buckets < (1 << 16)) num_buckets <<= 1;
     const float span = high_ - low_;
     const bool spread = std::isfinite(span) && span > 0.0f;
     scale_ = spread ? static_cast<float>(num_buckets) / span : 0.0f;
@@ -62,25 +72,35 @@ class TargetIndex {
     last_bucket_ = spread && std::isfinite(scale_) ? num_buckets - 1 : 0;
     // starts_[b + 1] = first position whose bucket is <= b; starts_[0] = n.
     starts_.assign(last_bucket_ + 2, n);
-    int j = 0;
-    for (int b = last_bucket_; b >= 0; --b) {
-      while (j < n && bucket(scores[j]) > b) ++j;
-      starts_[b + 1] = j;
+    // Buckets of the targets, non-increasing along the ranking order; every
+    // bucket from the next target's up to this one's starts at this target's
+    // successor (one bucket computation per target, not per bucket).
+    int above = last_bucket_ + 1;  // buckets above `above - 1` are all set
+    for (int j = 0; j < n; ++j) {
+      const int b = bucket(scores[j]);
+      for (int c = above; c > b; --c) starts_[c] = j;
+      above = std::min(above, b);
     }
+    for (int c = above; c > 0; --c) starts_[c] = n;
   }
 
   float lowest() const { return low_; }
+  float highest() const { return high_; }
+  int num_buckets() const { return last_bucket_ + 1; }
+  // The targets of bucket b: positions [begin(b), end(b)) of the ranking order.
+  int begin(int b) const { return starts_[b + 1]; }
+  int end(int b) const { return starts_[b]; }
 
-  // first_target_after for a score >= lowest().
-  int locate(float s, int64_t i) const {
-    if (s > high_) return 0;
-    const int b = bucket(s);
-    const int begin = starts_[b + 1], end = starts_[b];
-    return begin + first_target_after(scores.data() + begin, cols.data() + begin, end - begin, s, i);
+  // The first position of bucket b's targets that (s, i) ranks before, or
+  // end(b) if it ranks before none of them; for a score of bucket b.
+  int locate_in(int b, float s, int64_t i) const {
+    const int first = begin(b);
+    return first + first_target_after(scores.data() + first, cols.data() + first, end(b) - first, s, i);
   }
 
- private:
-  // Non-decreasing in s (rounding is monotone), so the buckets keep the order.
+
+  // Non-decreasing in s (rounding is monotone), so the buckets keep the order:
+  // a score in a higher bucket than a target's ranks before it.
   // For low <= s <= high, 0 <= (s - low) * scale <= about num_buckets; it is
   // clamped before the conversion all the same (which is undefined for NaN
   // and out-of-range values): NaN fails the test and gets the last bucket.
@@ -89,6 +109,8 @@ class TargetIndex {
     const float position = (s - low_) * scale_;
     return position < static_cast<float>(last_bucket_) ? static_cast<int>(position) : last_bucket_;
   }
+
+ private:
 
   float low_ = 0.0f, high_ = 0.0f, scale_ = 0.0f;
   int last_bucket_ = 0;
@@ -120,9 +142,13 @@ struct RowRanker {
 
   std::vector<int64_t> excluded;
   // counting path
+  std::vector<std::pair<uint64_t, int64_t>> keyed;
   std::vector<int64_t> order;
   TargetIndex index;
-  std::vector<int64_t> counts;
+  std::vector<int64_t> counts;      // per target position: located scores of its bucket
+  std::vector<int32_t> histogram;   // per bucket: scores in it (columns fit in 31 bits)
+  std::vector<int32_t> near;        // columns that share a bucket with a target
+  std::vector<uint8_t> has_targets; // per bucket
   // sorting path
   std::vector<uint64_t> keys;
   std::vector<uint8_t> is_excluded;
@@ -144,40 +170,83 @@ struct RowRanker {
         return;
       }
     }
+    // The targets in ranking order: their (score, column) keys sorted, each
+    // with its position in `targets` (a column may be a target twice).
+    keyed.resize(num_targets);
+    for (int64_t j = 0; j < num_targets; ++j) keyed[j] = {ranking_key(scores[targets[j]], targets[j]), j};
+    std::sort(keyed.begin(), keyed.end());
     order.resize(num_targets);
-    for (int64_t j = 0; j < num_targets; ++j) order[j] = j;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      return ranks_before(scores[targets[a]], targets[a], scores[targets[b]], targets[b]);
-    });
     index.scores.resize(num_targets);
     index.cols.resize(num_targets);
     for (int64_t j = 0; j < num_targets; ++j) {
+      order[j] = keyed[j].second;
       index.cols[j] = static_cast<int32_t>(targets[order[j]]);
       index.scores[j] = scores[targets[order[j]]];
     }
-    index.build_buckets();
-    counts.assign(num_targets + 1, 0);
-    const float lowest = index.lowest();
+    const float lowest = index.scores[num_targets - 1], highest = index.scores[0];
+    int64_t in_range = 0;
+    for (int64_t i = 0; i < num_cols; ++i) {
+      const float s = scores[i];
+      in_range += (s >= lowest) & (s <= highest);
+    }
+    index.build_buckets(in_range);
+    const int num_buckets = index.num_buckets();
+    histogram.assign(num_buckets, 0);
+    has_targets.assign(num_buckets, 0);
+    for (int b = 0; b < num_buckets; ++b) has_targets[b] = index.begin(b) < index.end(b);
+    counts.assign(num_targets, 0);
+    near.resize(num_cols);
+    int64_t above = 0, num_near = 0;
     bool nan = false;
+    // Pass 1: a histogram of the scores over the buckets; the columns of
+    // buckets with targets are kept (appended without a branch).
     for (int64_t i = 0; i < num_cols; ++i) {
       const float s = scores[i];
       if (!(s >= lowest)) {  // below every target (or NaN): counts for none
         nan |= std::isnan(s);
         continue;
       }
-      ++counts[index.locate(s, i)];
+      if (s > highest) {  // before every target
+        ++above;
+        continue;
+      }
+      const int b = index.bucket(s);
+      ++histogram[b];
+      near[num_near] = static_cast<int32_t>(i);
+      num_near += has_targets[b];
     }
     if (nan) saw_nan->store(true, std::memory_order_relaxed);
+    // Pass 2: those columns located among their bucket's targets.
+    for (int64_t k = 0; k < num_near; ++k) {
+      const int64_t i = near[k];
+      const float s = scores[i];
+      const int b = index.bucket(s);
+      const int p = index.locate_in(b, s, i);
+      if (p < index.end(b)) ++counts[p];
+    }
     exclusions(row);
-    for (const int64_t i : excluded) {
+    for (const int64_t i : excluded) {  // counted above: taken back
       const float s = scores[i];
       if (!(s >= lowest)) continue;
-      --counts[index.locate(s, i)];
+      if (s > highest) {
+        --above;
+        continue;
+      }
+      const int b = index.bucket(s);
+      --histogram[b];
+      const int p = index.locate_in(b, s, i);
+      if (p < index.end(b)) --counts[p];
     }
-    int64_t rank = 0;
-    for (int64_t j = 0; j < num_targets; ++j) {
-      rank += counts[j];
-      out[order[j]] = rank;
+    // Targets in ranking order, bucket by bucket from the top: the scores of
+    // the buckets above, then those of its own bucket located at or before it.
+    int64_t before_bucket = above;
+    for (int b = num_buckets - 1; b >= 0; --b) {
+      int64_t within = 0;
+      for (int p = index.begin(b); p < index.end(b); ++p) {
+        within += counts[p];
+        out[order[p]] = before_bucket + within;
+      }
+      before_bucket += histogram[b];
     }
   }
 
