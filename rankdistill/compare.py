@@ -2,7 +2,9 @@
 (``run_grid``: each finished run reused only if it was made the same way,
 an interrupted one resumed), the papers' table (mean and std over seeds), the
 improvement over the plain student, paired t-tests, JSON and CSV files, and a
-figure of the learning curves (``report``).
+figure of the learning curves (``report``). The files are named by the runs
+they summarise (``summary_files``): a comparison of other methods or seeds in
+the same folder writes its own and leaves the earlier ones as they are.
 
 Two paired t-tests (``scipy.stats.ttest_rel``) compare every two methods:
 over seeds (each seed's test mean, paired by seed), the test of a claim about
@@ -14,6 +16,7 @@ variation. With more than two methods both are also Holm-adjusted.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -24,14 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RankdistillError
 from .evaluation import load_per_user
 from .io import atomic_open, write_json
 from .trainer import CHECKPOINT, RESULTS, TEST_PER_USER, comparable_config
 
-__all__ = ["Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "TEACHER_BASELINE", "baseline_of", "table_metrics", "load_run",
-           "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "markdown_summary",
-           "write_summary", "run_grid", "report", "setup_differences", "holm"]
+__all__ = ["Report", "Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "TEACHER_BASELINE", "baseline_of", "table_metrics",
+           "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "markdown_summary",
+           "write_summary", "run_grid", "report", "setup_differences", "holm", "summary_files"]
 
 log = logging.getLogger("rankdistill")
 
@@ -123,17 +126,20 @@ def run_grid(out: str | Path, methods: list[str], seeds: list[int], *,
     The co-trained teachers of BD and iBD come as rows ``METHOD-teacher``."""
     out = Path(out)
     runs: dict[str, list[Run]] = {}
+    count = itertools.count(1)
     for method in methods:
         for seed in seeds:
             folder = out / method / f"seed{seed}"
+            where = f"run {next(count)} of {len(methods) * len(seeds)}: {method} seed {seed}"
             if (folder / RESULTS).exists() and not overwrite:
                 run = load_run(folder, method, seed)
                 changed = setup_differences(run.results, expected(method, seed))
                 if changed:
                     raise ConfigError(f"{folder} holds a finished run made with other options "
                                       f"({', '.join(changed)}); use another --out or pass --overwrite to redo it")
-                log.info("%s seed %d: finished run found in %s", method, seed, folder)
+                log.info("%s: finished run found in %s", where, folder)
             else:
+                log.info("%s", where)
                 train(method, seed, folder, (folder / CHECKPOINT).exists() and not overwrite)
                 run = load_run(folder, method, seed)
             runs.setdefault(method, []).append(run)
@@ -143,16 +149,57 @@ def run_grid(out: str | Path, methods: list[str], seeds: list[int], *,
     return runs
 
 
-def report(out: str | Path, runs: dict[str, list[Run]], metrics: tuple[str, ...]) -> str:
-    """The table and the paired tests of ``runs`` on ``metrics`` (the first is
-    tested), written to ``OUT/summary.{json,csv,md}`` and ``OUT/curves.png``;
-    returns the printed summary."""
+# Longest name part made of the methods and seeds; longer ones are cut and end in a digest.
+_NAME_LIMIT = 120
+
+
+def summary_files(out: str | Path, methods: list[str], seeds: list[int]) -> dict[str, Path]:
+    """Where ``report`` writes the summary of ``methods`` x ``seeds``: files
+    named by them, as the command line lists them, so that a comparison of
+    other methods or seeds in the same folder does not overwrite another's
+    (the same methods and seeds again: the same files, rewritten).
+
+    ``OUT/summary-student,rrd,dcd-seeds0,1,2.{json,csv,md}`` and
+    ``OUT/curves-student,rrd,dcd-seeds0,1,2.png``; keys json, csv, md, figure."""
+    name = f"{','.join(methods)}-seeds{','.join(str(seed) for seed in seeds)}"
+    if len(name) > _NAME_LIMIT:  # file names stop at 255 bytes
+        name = f"{name[:_NAME_LIMIT - 13]}...{hashlib.sha256(name.encode()).hexdigest()[:10]}"
     out = Path(out)
+    return {"json": out / f"summary-{name}.json", "csv": out / f"summary-{name}.csv",
+            "md": out / f"summary-{name}.md", "figure": out / f"curves-{name}.png"}
+
+
+@dataclass
+class Report:
+    """What ``report`` made: the printed ``text`` (table and tests), the
+    ``table`` and ``tests`` it holds, the ``files`` written and, when no
+    figure could be drawn (matplotlib missing), why (``figure_missing``)."""
+
+    text: str
+    table: dict[str, Any]
+    tests: list[dict[str, Any]]
+    files: list[Path]
+    figure: Path | None
+    figure_missing: str | None = None
+
+
+def report(files: dict[str, Path], runs: dict[str, list[Run]], metrics: tuple[str, ...]) -> Report:
+    """The table and the paired tests of ``runs`` on ``metrics`` (the first is
+    tested), written to ``files`` (``summary_files``: JSON, CSV, Markdown)
+    with the figure of the learning curves. Without matplotlib the summary is
+    still written and the report says how to get the figure."""
     table = summarize(runs, metrics)
     tests = paired_tests(runs, metrics[0]) if len(runs) > 1 else []
-    write_summary(out, table, tests, runs, metrics)
-    plot_curves(out / "curves.png", runs, metrics[0])
-    return format_summary(table, tests, metrics)
+    write_summary(files, table, tests, runs, metrics)
+    written = [files["json"], files["csv"], files["md"]]
+    try:
+        plot_curves(files["figure"], runs, metrics[0])
+    except (ImportError, RankdistillError) as exc:  # plot_curves says which import failed, as a RankdistillError
+        if not isinstance(exc, ImportError) and not isinstance(exc.__cause__, ImportError):
+            raise
+        missing = str(exc) if isinstance(exc, RankdistillError) else f"{exc}: pip install matplotlib"
+        return Report(format_summary(table, tests, metrics), table, tests, written, None, f"no figure: {missing}")
+    return Report(format_summary(table, tests, metrics), table, tests, [*written, files["figure"]], files["figure"])
 
 
 def baseline_of(method: str, methods: Any) -> str | None:
@@ -264,9 +311,13 @@ def _test_line(test: dict[str, Any]) -> str:
             f"over users t = {test['t']:.2f}, {p(test)}")
 
 
-def _spread(entry: dict[str, Any], metric: str) -> str:
-    # One seed has no spread to report: "n/a", not a misleading "± 0.0000".
-    return f"± {entry['std'][metric]:.4f}" if len(entry["seeds"]) > 1 else "± n/a"
+def _cell(table: dict[str, Any], entry: dict[str, Any], metric: str) -> str:
+    """The mean and its spread over seeds. One seed has no spread to report:
+    "± n/a", not a misleading "± 0.0000"; a table of one seed each shows means only."""
+    mean = f"{entry['mean'][metric]:.4f}"
+    if all(len(other["seeds"]) == 1 for other in table.values()):
+        return mean
+    return f"{mean} ± {entry['std'][metric]:.4f}" if len(entry["seeds"]) > 1 else f"{mean} ± n/a"
 
 
 def _p_value(p: float) -> str:
@@ -282,7 +333,7 @@ def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: 
     header += ["s/epoch", "seeds"]
     lines = [header]
     for method, entry in table.items():
-        line = [method, *(f"{entry['mean'][m]:.4f} {_spread(entry, m)}" for m in metrics)]
+        line = [method, *(_cell(table, entry, m) for m in metrics)]
         if improvements:  # blank for a baseline row
             line.append(f"{100 * entry['improvement'][metrics[0]]:+.2f}%" if "improvement" in entry else "")
         line += [f"{entry['seconds_per_epoch']:.2f}", str(len(entry["seeds"]))]
@@ -307,13 +358,12 @@ def format_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics: 
     return "\n".join(out)
 
 
-def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[str, Any]],
+def write_summary(files: dict[str, Path], table: dict[str, Any], tests: list[dict[str, Any]],
                   runs: dict[str, list[Run]], metrics: tuple[str, ...] = TABLE_METRICS) -> None:
-    """``summary.json`` (table, tests, every run's test metrics),
-    ``summary.csv`` (one row per method: mean and std of each metric) and
-    ``summary.md`` (the table and the tests in Markdown, for a report)."""
-    folder = Path(folder)
-    write_json(folder / "summary.json", {
+    """At ``files`` (``summary_files``): JSON (table, tests, every run's test
+    metrics), CSV (one row per method: mean and std of each metric) and
+    Markdown (the table and the tests, for a report)."""
+    write_json(files["json"], {
         "methods": list(table),
         "table": table,
         "paired_tests": tests,
@@ -330,9 +380,9 @@ def write_summary(folder: str | Path, table: dict[str, Any], tests: list[dict[st
                          *(f"{entry[s][m]:.6f}" for m in metrics for s in ("mean", "std")),
                          f"{entry['improvement'][metrics[0]]:.6f}" if "improvement" in entry else "",
                          entry.get("improvement_over", ""), f"{entry['seconds_per_epoch']:.4f}"])
-    with atomic_open(folder / "summary.csv", "w") as f:
+    with atomic_open(files["csv"], "w") as f:
         f.write(text.getvalue())
-    with atomic_open(folder / "summary.md", "w") as f:
+    with atomic_open(files["md"], "w") as f:
         f.write(markdown_summary(table, tests, metrics))
 
 
@@ -343,7 +393,7 @@ def markdown_summary(table: dict[str, Any], tests: list[dict[str, Any]], metrics
     lines = [f"| | {' | '.join(metrics)} | vs baseline ({metrics[0]}) | s/epoch | seeds |",
              "|---" * (len(metrics) + 4) + "|"]
     for method, entry in table.items():
-        cells = [f"{entry['mean'][m]:.4f} {_spread(entry, m)}" for m in metrics]
+        cells = [_cell(table, entry, m) for m in metrics]
         versus = (f"{100 * entry['improvement'][metrics[0]]:+.1f}% ({entry['improvement_over']})"
                   if "improvement" in entry else "")
         lines.append(f"| {method} | {' | '.join(cells)} | {versus} | {entry['seconds_per_epoch']:.2f} | "
@@ -371,14 +421,25 @@ def _mean_curve(histories: list[list[dict[str, Any]]], key: str, metric: str = "
     return np.array(epochs), np.array([np.mean(points[e]) for e in epochs])
 
 
+# Small markers on every series: a method validated once is still seen.
+_MARKERS = {"marker": "o", "markersize": 3}
+
+
 def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5") -> None:
     """Validation ``metric`` per epoch and, for the methods that record it,
     the mean |R_S - R_T| over the teacher's top-50 (user side solid, item
-    side dashed), averaged over seeds."""
-    import matplotlib
+    side dashed), averaged over seeds. Every series has markers (a run
+    validated once is a point) and the epoch axis integer ticks."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # an optional dependency: the extra [plot]
+        from .errors import RankdistillError
+        raise RankdistillError(f"the figure {path} needs matplotlib, an optional dependency of rankdistill: "
+                               "pip install 'rankdistill[plot]' (or pip install matplotlib)") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     gaps = {}
     for method, method_runs in runs.items():
@@ -392,14 +453,15 @@ def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5
     for k, (method, method_runs) in enumerate(runs.items()):
         color = f"C{k % 10}"
         epochs, valid = _mean_curve([run.results["history"] for run in method_runs], "valid", metric)
-        ax_valid.plot(epochs, valid, color=color, label=method)
+        ax_valid.plot(epochs, valid, color=color, label=method, **_MARKERS)
         for epochs, gap, style, side in gaps.get(method, []):
-            axes[0, 1].plot(epochs, gap, style, color=color, label=f"{method} ({side})")
+            axes[0, 1].plot(epochs, gap, style, color=color, label=f"{method} ({side})", **_MARKERS)
     ax_valid.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"Validation {metric} (mean over seeds)")
     if gaps:
         axes[0, 1].set(xlabel="epoch", ylabel="mean |R_S - R_T|", yscale="log",
                        title="Rank discrepancy on the teacher's top-50")
     for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

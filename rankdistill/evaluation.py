@@ -35,6 +35,7 @@ from .errors import ConfigError, TrainingDiverged
 from .io import atomic_open
 from .models import Recommender
 from .ops import rank_positions
+from .progress import bar
 from .split import PARTS, Split
 
 __all__ = ["DEFAULT_CUTOFFS", "PROTOCOLS", "EvalResult", "Evaluator", "metric_names", "metrics_from_ranks",
@@ -154,7 +155,8 @@ class Evaluator:
         first, last = distributed.row_shard(len(split.eval_users))  # this process's users (all, for one)
         ranks, non_finite = [], []
         try:
-            for start, stop in row_blocks(last - first, 1, budget=self.batch_size):
+            blocks = list(row_blocks(last - first, 1, budget=self.batch_size))
+            for start, stop in bar(blocks, desc=f"evaluation: {part}, {self.protocol} protocol", unit="batch"):
                 batch_ranks, batch_non_finite = self._batch_ranks(model, part, first + start, first + stop, device)
                 ranks.append(batch_ranks)
                 non_finite.append(batch_non_finite)

@@ -114,7 +114,8 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 1024
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam's, dense: every parameter decays at every step
+    l2: float = 0.0  # L2 on the embeddings each batch uses, per training pair (the loss term "l2")
     n_negatives: int = 1  # sampled unobserved items per positive per epoch
     eval_every: int = 1
     patience: int = 10  # evaluations without improvement before stopping
@@ -134,8 +135,9 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ConfigError(f"weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        for name in ("weight_decay", "l2"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
         if self.seed not in SEEDS:
             raise ConfigError(f"seed must be an integer from 0 to {SEEDS[-1]}, got {self.seed}")
         if self.protocol not in PROTOCOLS:
@@ -318,11 +320,12 @@ class Trainer:
         for b in bar:
             rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
             batch = users[rows], pos_items[rows], neg_items[rows]
-            base = self._model_loss(*batch)
+            own = self._model_terms(*batch)
             extra = self.method.loss(*batch)  # a data-parallel method takes its share of the rows itself
-            if "loss" in extra:
-                raise ValueError(f"method {self.method.name!r}: 'loss' is the model's own term, name yours otherwise")
-            terms = {"loss": base, **extra}
+            if set(own) & set(extra):
+                raise ValueError(f"method {self.method.name!r}: {', '.join(sorted(set(own) & set(extra)))} is the "
+                                 "model's own term, name yours otherwise")
+            terms = {**own, **extra}
             total = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
             if total.requires_grad:  # a process's share of a tiny batch may be empty
@@ -348,16 +351,23 @@ class Trainer:
         self.history.append(record)
         self._log_epoch(record)
 
-    def _model_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        """The model's loss on the batch; data-parallel, this process's part
-        of it: the batch mean over its share of the pairs, weighted by the share."""
-        if not self.data_parallel:
-            return self.model.loss(users, pos_items, neg_items)
-        start, stop = distributed.row_shard(len(users))
-        if start == stop:
-            return torch.zeros((), device=self.device)
-        return self.model.loss(users[start:stop], pos_items[start:stop], neg_items[start:stop]) * (
-            (stop - start) / len(users))
+    def _model_terms(self, users: torch.Tensor, pos_items: torch.Tensor,
+                     neg_items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's loss on the batch and, with ``l2``, the L2 of the
+        embeddings it uses per training pair; data-parallel, this process's
+        part of each: the batch mean over its share of the pairs, weighted by
+        the share."""
+        share = 1.0
+        if self.data_parallel:
+            start, stop = distributed.row_shard(len(users))
+            share = (stop - start) / len(users)
+            users, pos_items, neg_items = users[start:stop], pos_items[start:stop], neg_items[start:stop]
+        terms = {"loss": self.model.loss(users, pos_items, neg_items) if len(users) else
+                 torch.zeros((), device=self.device)}
+        if self.config.l2:
+            items = torch.cat([pos_items[:, None], neg_items], dim=1)
+            terms["l2"] = self.config.l2 * self.model.embedding_l2(users, items) / max(len(users), 1)
+        return {name: value * share for name, value in terms.items()} if share != 1.0 else terms
 
     def _sum_over_processes(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Data-parallel: the gradients and the loss terms summed over the
@@ -407,7 +417,8 @@ class Trainer:
             cause = (f"the method's loss weights, temperatures or other -o options of {self.method.name} "
                      f"({', '.join(terms)})")
         else:
-            cause = f"too large a learning rate (--lr {config.lr:g}) or weight decay (--weight-decay {config.weight_decay:g})"
+            cause = (f"too large a learning rate (--lr {config.lr:g}), weight decay (--weight-decay "
+                     f"{config.weight_decay:g}) or L2 (--l2 {config.l2:g})")
         path = self.checkpoint_path
         kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {path}" if epoch > 0 and path is not None
                 and path.exists() else "nothing was saved")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rankdistill.cli import main
+from rankdistill.compare import summary_files
 from rankdistill.data import synthetic
 from rankdistill.errors import ConfigError
 from rankdistill.methods import build_method, compute_rankings
@@ -355,12 +356,13 @@ def test_compare_lists_the_co_trained_teacher(tmp_path, capsys, cli_teacher):
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "student,bd", "--seeds", "0", "--teacher", str(teacher),
                  "--dim", "4", "--top", "10", "--protocol", "full", "--out", str(out), *common]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    files = summary_files(out, ["student", "bd"], [0])
+    summary = json.loads(files["json"].read_text())
     assert summary["methods"] == ["student", "bd", "bd-teacher"]
     bd = json.loads((out / "bd" / "seed0" / "results.json").read_text())
     # the full protocol's table is the BD papers' (H@50, N@50, H@100, N@100), tested on H@50
     assert set(summary["table"]["bd-teacher"]["mean"]) == {"H@50", "N@50", "H@100", "N@100"}
-    assert (out / "summary.csv").read_text().startswith("method,seeds,H@50 mean,H@50 std,N@50 mean")
+    assert files["csv"].read_text().startswith("method,seeds,H@50 mean,H@50 std,N@50 mean")
     assert summary["table"]["bd-teacher"]["mean"]["H@50"] == pytest.approx(bd["teacher_test"]["H@50"])
     assert {test["metric"] for test in summary["paired_tests"]} == {"H@50"}
     printed = capsys.readouterr().out
@@ -376,7 +378,8 @@ def test_compare_trains_the_teacher_alone_as_the_co_trained_teachers_baseline(tm
                      "-o", "teacher_init=fresh", "-o", f"teacher_dim={teacher_dim}", "--out", str(out), *common])
 
     assert compare(6) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    files = summary_files(out, ["teacher", "student", "bd"], [0, 1])
+    summary = json.loads(files["json"].read_text())
     assert summary["methods"] == ["teacher", "student", "bd", "bd-teacher"]
     alone = json.loads((out / "teacher" / "seed1" / "results.json").read_text())
     assert alone["role"] == "teacher" and alone["model_config"]["dim"] == 6 and alone["train_config"]["seed"] == 1
@@ -390,7 +393,7 @@ def test_compare_trains_the_teacher_alone_as_the_co_trained_teachers_baseline(tm
     assert "improvement" not in table["student"] and "improvement" not in table["teacher"]
     assert ("teacher", "bd-teacher") in {(t["a"], t["b"]) for t in summary["paired_tests"]}
     assert "over teacher, the teacher's model trained alone" in capsys.readouterr().out
-    report = (out / "summary.md").read_text().splitlines()
+    report = files["md"].read_text().splitlines()
     assert report[0] == "| | H@50 | N@50 | H@100 | N@100 | vs baseline (H@50) | s/epoch | seeds |"
     row = next(line for line in report if line.startswith("| bd-teacher |"))
     assert f"{h50['bd-teacher']:.4f} ± " in row and f"{100 * (h50['bd-teacher'] / h50['teacher'] - 1):+.1f}% (teacher)" in row

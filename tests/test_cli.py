@@ -18,7 +18,8 @@ import torch
 
 from rankdistill import __version__, cli
 from rankdistill.cli import main
-from rankdistill.compare import Run, format_summary, markdown_summary, paired_tests, plot_curves, summarize, table_metrics
+from rankdistill.compare import (Run, format_summary, markdown_summary, paired_tests, plot_curves, summarize,
+                                 summary_files, table_metrics)
 from rankdistill.data import synthetic
 
 from distill_setup import write_users_dat
@@ -156,15 +157,16 @@ def test_distill_and_compare_end_to_end(capsys, users_dat, teacher_run, tmp_path
     compare = ["compare", "--methods", "student,rrd,dcd", "--seeds", "0,1", "--out", str(tmp_path / "cmp"), *common]
     code, out, _ = run(capsys, *compare)
     assert code == 0
-    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    files = summary_files(tmp_path / "cmp", ["student", "rrd", "dcd"], [0, 1])
+    summary = json.loads(files["json"].read_text())
     assert summary["methods"] == ["student", "rrd", "dcd"] and set(summary["table"]) == set(summary["methods"])
     assert {(t["a"], t["b"]) for t in summary["paired_tests"]} == {("student", "rrd"), ("student", "dcd"),
                                                                    ("rrd", "dcd")}
     runs = {(r["method"], r["seed"]): r["test"]["H@5"] for r in summary["runs"]}
     mean = (runs[("rrd", 0)] + runs[("rrd", 1)]) / 2
     assert summary["table"]["rrd"]["mean"]["H@5"] == pytest.approx(mean)
-    assert (tmp_path / "cmp" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "cmp" / "summary.csv").read_text().splitlines()[0].startswith("method,seeds,H@5 mean")
+    assert files["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["csv"].read_text().splitlines()[0].startswith("method,seeds,H@5 mean")
     assert "paired t-tests on H@5" in out and "Impr. H@5" in out
     # A second call reuses the finished runs; other options are refused, not mixed in.
     assert run(capsys, *compare)[0] == 0

@@ -262,6 +262,23 @@ def test_diagnostics_are_recorded_at_each_refresh(split, teacher, rankings):
     assert record["discrepancy_item"] > 0
 
 
+@pytest.mark.parametrize("name", ["rrd", "dcd"])  # dcd: the sample is taken from its corrections' ranks
+def test_diagnostics_over_a_fixed_sample_of_rows(split, teacher, rankings, name):
+    method, result = run(split, teacher, rankings, name, epochs=3, diagnose_every=2, diagnose_rows=20)
+    side = user_side(split, rankings)
+    rows = method.diagnostic_rows(method.side("user"))
+    assert len(rows) == 20 and len(set(rows.tolist())) == 20 and bool((rows.diff() > 0).all())
+    assert torch.equal(method.diagnostic_rows(method.side("user")), rows)  # fixed for the run
+    # independent: the initial student's catalogue ranks of every row, averaged over the sampled rows only
+    ranks = side.catalogue_ranks(new_model(split, 4), side.top)
+    expected = float((ranks - side.teacher_rank)[rows].abs().float().mean())
+    assert result.history[0]["discrepancy_user"] == pytest.approx(expected)
+    assert expected != pytest.approx(float((ranks - side.teacher_rank).abs().float().mean()))
+    # the sample leaves the training draws as they were
+    _, every_row = run(split, teacher, rankings, name, epochs=3, diagnose_every=2, diagnose_rows=0)
+    assert [r["loss"] for r in every_row.history] == [r["loss"] for r in result.history]
+
+
 @pytest.mark.parametrize("note_seconds, notes", [(0.0, 1), (1e9, 0)])
 def test_costly_diagnostics_are_pointed_out_once(split, teacher, rankings, monkeypatch, caplog, note_seconds, notes):
     monkeypatch.setattr(trainer_module, "DIAGNOSTIC_NOTE_SECONDS", note_seconds)

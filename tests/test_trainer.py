@@ -295,3 +295,29 @@ def test_fused_adam_takes_the_steps_of_plain_adam():
     assert _adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0).defaults["fused"]
     for fused, plain in zip(*finals):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bpr", "neumf", "cdae"])
+def test_l2_penalises_the_batch_embeddings_per_pair(split, name):
+    """``l2``: the loss gets the term l2 * (sum of the squared norms of each
+    pair's user and item embeddings) / pairs, by hand for one batch, and it
+    shrinks the embeddings against a run without it."""
+    model = new_model(split, name)
+    users, pos, neg = torch.tensor([0, 1, 1]), torch.tensor([2, 3, 4]), torch.tensor([[5], [6], [7]])
+    items = torch.cat([pos[:, None], neg], dim=1)
+    by_hand = 0.0
+    for table in model.user_tables:
+        by_hand += sum(float(getattr(model, table).weight[u].detach().square().sum()) for u in users.tolist())
+    for table in model.item_tables:
+        by_hand += sum(float(getattr(model, table).weight[i].detach().square().sum())
+                       for i in items.reshape(-1).tolist())
+    assert float(model.embedding_l2(users, items)) == pytest.approx(by_hand, rel=1e-5)
+    trainer = Trainer(model, split, config(epochs=1, l2=0.5))
+    terms = trainer._model_terms(users, pos, neg)
+    assert set(terms) == {"loss", "l2"} and float(terms["l2"]) == pytest.approx(0.5 * by_hand / 3, rel=1e-5)
+
+    plain_model, penalised_model = new_model(split, "bpr"), new_model(split, "bpr")
+    plain = Trainer(plain_model, split, config(epochs=3)).fit()
+    penalised = Trainer(penalised_model, split, config(epochs=3, l2=0.1)).fit()
+    assert "l2" in penalised.history[0] and "l2" not in plain.history[0]
+    assert penalised_model.user_emb.weight.norm() < plain_model.user_emb.weight.norm()

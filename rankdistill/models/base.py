@@ -102,6 +102,21 @@ class Recommender(nn.Module):
     # Whether ``loss`` draws at random (CDAE's corruption): under torchrun such
     # a model trains replicated, since a share of a batch would draw otherwise.
     draws_in_loss: bool = False
+    # The embedding tables indexed by the batch's users and by its items:
+    # what ``embedding_l2`` (TrainConfig.l2) penalises.
+    user_tables: tuple[str, ...] = ()
+    item_tables: tuple[str, ...] = ()
+
+    def embedding_l2(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Sum over a batch of the squared norms of the embeddings it uses:
+        each user's ``[B]`` row of every user table and each item's ``[B, k]``
+        row of every item table (a user or item in several pairs counts each
+        time, as in the usual per-batch form)."""
+        if not (self.user_tables or self.item_tables):
+            raise ConfigError(f"{self.name} has no embedding tables for an L2 on the batch's embeddings: "
+                              "use weight decay")
+        return (sum(getattr(self, name)(users).square().sum() for name in self.user_tables)
+                + sum(getattr(self, name)(items).square().sum() for name in self.item_tables))
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """The model's own training loss on positives ``[B]`` and sampled

@@ -13,6 +13,7 @@ class BPR(Recommender):
     """``score(u, i) = <p_u, q_i>``; loss ``-log sigmoid(s(u, pos) - s(u, neg))``."""
 
     name = "bpr"
+    user_tables, item_tables = ("user_emb",), ("item_emb",)
 
     def __init__(self, n_users: int, n_items: int, dim: int = 20) -> None:
         super().__init__(n_users, n_items, dim)

@@ -25,6 +25,8 @@ class CDAE(Recommender):
     """
 
     name = "cdae"
+    # the user node and the output item embeddings (the input ones are summed over a history)
+    user_tables, item_tables = ("user_node",), ("item_out",)
 
     def __init__(self, n_users: int, n_items: int, dim: int = 20, *,
                  train: tuple[torch.Tensor, torch.Tensor] | None = None, corruption: float = 0.5) -> None:

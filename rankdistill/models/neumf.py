@@ -19,6 +19,7 @@ class NeuMF(Recommender):
     """
 
     name = "neumf"
+    user_tables, item_tables = ("user_gmf", "user_mlp"), ("item_gmf", "item_mlp")
 
     def __init__(self, n_users: int, n_items: int, dim: int = 20) -> None:
         super().__init__(n_users, n_items, dim)
