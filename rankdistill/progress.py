@@ -3,7 +3,7 @@ its log lines.
 
 Progress bars. One switch decides whether the long steps show a bar (the
 teacher's rankings, the student's catalogue ranks behind DCD's corrections,
-RD's ranks and the diagnostics, evaluation): ``show_progress(on)``, a context
+RD's ranks and the diagnostics, BD's and iBD's sampling rounds, evaluation): ``show_progress(on)``, a context
 manager. The trainer sets it for its run from ``TrainConfig.progress`` and the
 command line from ``--no-progress``; outside them it is off. ``None`` means
 "when stderr is a terminal". Bars use ``tqdm.auto`` (widgets in Jupyter), only

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import progress
 from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError
 from ..models import Recommender, build_model
@@ -269,7 +270,8 @@ class BD(Distillation):
         with evaluation_mode(student), evaluation_mode(teacher):
             # About a quarter of the budget per [block, n_items] matrix: two
             # score, two rank and one weight matrix live at once.
-            for start, stop in row_blocks(n_users, 4 * n_items):
+            blocks = list(row_blocks(n_users, 4 * n_items))
+            for start, stop in progress.bar(blocks, desc=f"{self.name} round: both models' ranks", unit="block"):
                 rows = torch.arange(start, stop, device=device)
                 exclude = csr_rows(self._indptr, self._indices, start, stop)
                 student_rank = rank_positions(student.score_all(rows).float(), exclude=exclude)
