@@ -150,27 +150,39 @@ class TrainConfig:
 class BestTracker:
     """Model selection on one validation metric: the best epoch so far, its
     metrics and a copy of the model's state, and how many validations have
-    passed since it (early stopping)."""
+    passed since it (early stopping).
 
-    def __init__(self, metric: str) -> None:
+    ``period``: the method's ``stopping_period`` (DCD: its correction period).
+    Only the first validation of each period counts towards the patience, so
+    the patience is counted in periods, whatever the phase at which the
+    metric peaks within one; every validation may still become the best."""
+
+    def __init__(self, metric: str, period: int = 1) -> None:
         self.metric = metric
+        self.period = period
         self.best: dict[str, Any] | None = None  # {"epoch", "valid", "state"}
-        self.bad_evals = 0
+        self.bad_evals = 0  # validations (periods) without improvement that count towards the patience
+        self._counted_period = 0
 
     def update(self, epoch: int, valid: dict[str, float], model: torch.nn.Module) -> bool:
-        """Record a validation; True if it is the best so far (its state is kept)."""
+        """Record the validation after epoch ``epoch`` (from 1); True if it is
+        the best so far (its state is kept)."""
         if self.best is None or valid[self.metric] > self.best["valid"][self.metric]:
             self.best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(model.state_dict())}
             self.bad_evals = 0
+            self._counted_period = epoch // self.period
             return True
-        self.bad_evals += 1
+        if epoch // self.period > self._counted_period:  # a period ended since the last one counted
+            self._counted_period = epoch // self.period
+            self.bad_evals += 1
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_evals": self.bad_evals}
+        return {"best": self.best, "bad_evals": self.bad_evals, "counted_period": self._counted_period}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
+        self._counted_period = state["counted_period"]
 
 
 @dataclass
@@ -243,7 +255,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         # model selection of the student and of each model the method co-trains
         self.models: dict[str, torch.nn.Module] = {"model": self.model, **self.method.co_trained()}
-        self.trackers = {name: BestTracker(self.config.metric) for name in self.models}
+        self.trackers = {name: BestTracker(self.config.metric, self.method.stopping_period) for name in self.models}
         self.stopped_early = False
         self.resumes: list[dict[str, Any]] = []  # options changed at each resume
         self._diagnostics_noted = False

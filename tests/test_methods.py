@@ -439,3 +439,14 @@ def test_methods_that_draw_per_batch_refuse_to_be_split(split, teacher, rankings
         method.shard_rows(0, 2)
     rd = build_method("rd", distill_context(split, new_model(split, 4)), teacher, rankings, {"rank_estimate": "sampled"})
     assert not rd.splits_by_rows
+
+
+@pytest.mark.parametrize("options, period", [({"correct_every": 3}, 3), ({"lambda_ucd": 0.0, "lambda_icd": 0.0}, 1)])
+def test_dcd_patience_is_counted_in_correction_periods(split, teacher, rankings, options, period):
+    trainer = Trainer(new_model(split, 4), split, config(),
+                      method=lambda context: build_method("dcd", context, teacher, rankings, options))
+    assert trainer.method.stopping_period == period
+    assert all(tracker.period == period for tracker in trainer.trackers.values())
+    rrd = Trainer(new_model(split, 4), split, config(),
+                  method=lambda context: build_method("rrd", context, teacher, rankings))
+    assert rrd.trackers["model"].period == 1

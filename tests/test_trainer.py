@@ -15,7 +15,7 @@ from rankdistill.evaluation import Evaluator
 from rankdistill.models import Recommender, build_model, load_model
 from rankdistill.split import leave_one_out
 from rankdistill.methods.base import Distillation
-from rankdistill.trainer import TrainConfig, Trainer, _adam, seed_everything
+from rankdistill.trainer import BestTracker, TrainConfig, Trainer, _adam, seed_everything
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -321,3 +321,25 @@ def test_l2_penalises_the_batch_embeddings_per_pair(split, name):
     penalised = Trainer(penalised_model, split, config(epochs=3, l2=0.1)).fit()
     assert "l2" in penalised.history[0] and "l2" not in plain.history[0]
     assert penalised_model.user_emb.weight.norm() < plain_model.user_emb.weight.norm()
+
+
+def test_patience_counts_periods_of_the_method():
+    """DCD's validation metric is a saw-tooth over its correction period: with
+    the patience counted in periods (one validation per period counts), a
+    peak right after a correction does not stop the run in the troughs after it."""
+    model = torch.nn.Linear(1, 1)
+    period, patience = 5, 4
+    # a peak at the first epoch of each period, lower through the period; a new best every third period
+    curve = {epoch: 0.4 + 0.1 * (epoch % 15 == 1) + 0.001 * (epoch // 15) - 0.01 * ((epoch - 1) % 5)
+             for epoch in range(1, 61)}
+    by_epoch, by_period = BestTracker("H@5"), BestTracker("H@5", period)
+    stops = {}
+    for epoch, value in curve.items():
+        for name, tracker in (("epoch", by_epoch), ("period", by_period)):
+            tracker.update(epoch, {"H@5": value}, model)
+            if tracker.bad_evals >= patience:
+                stops.setdefault(name, epoch)
+    assert stops == {"epoch": 5}  # four validations without a gain after the peak of epoch 1
+    # the period ends 50, 55, 60 counted after the last best: three, below the patience
+    assert by_period.best["epoch"] == 46 and by_period.bad_evals == 3
+    assert [e for e in curve if e % 15 == 1] == [1, 16, 31, 46]

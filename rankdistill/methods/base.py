@@ -481,6 +481,14 @@ class Distillation:
         return ()
 
     @property
+    def stopping_period(self) -> int:
+        """Epochs between the refreshes that move the student's validation
+        metric in steps (DCD's corrections): early stopping counts its
+        patience in these periods, so that where in a period a run happens to
+        be does not decide when it stops. 1 here."""
+        return 1
+
+    @property
     def splits_by_rows(self) -> bool:
         """Whether ``loss`` can be split across data-parallel processes by rows
         with the one-process result: its terms are means (or sums) over the

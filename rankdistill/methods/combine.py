@@ -70,6 +70,10 @@ class Combined(Distillation):
         return out
 
     @property
+    def stopping_period(self) -> int:
+        return max(part.stopping_period for part in self.parts)
+
+    @property
     def splits_by_rows(self) -> bool:
         return all(part.splits_by_rows for part in self.parts)
 

@@ -82,6 +82,11 @@ class DCD(RRD):
         self.corrections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._check_sides(side_name for _, side_name, _ in self._corrected_sides())
 
+    @property
+    def stopping_period(self) -> int:
+        # validation H@5 swings by about 0.02 within a correction period (CiteULike)
+        return self.options.correct_every if self._corrected_sides() else 1
+
     def _corrected_sides(self) -> list[tuple[str, str, float]]:
         o = self.options
         return [term for term in (("ucd", "user", o.lambda_ucd), ("icd", "item", o.lambda_icd)) if term[2] > 0]
