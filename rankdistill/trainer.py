@@ -47,7 +47,7 @@ from .models import Recommender, save_model
 from .unobserved import ObservedItems, sample_unobserved
 from .split import Split
 
-__all__ = ["BestTracker", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device", "epoch_timing",
+__all__ = ["BestTracker", "OPTIMIZERS", "RUN_OUTPUTS", "TrainConfig", "TrainResult", "Trainer", "check_device", "epoch_timing",
            "run_outputs", "seed_everything"]
 
 log = logging.getLogger("rankdistill")
@@ -105,6 +105,7 @@ def check_device(device: str) -> None:
             raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), {devices}")
 
 
+OPTIMIZERS = ("adam", "lazy-adam")
 # Seeds that every generator a run seeds accepts (NumPy's global one stops at 2**32 - 1).
 SEEDS = range(2**32)
 
@@ -115,6 +116,9 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 0.0  # Adam's, dense: every parameter decays at every step
+    # "adam": dense Adam; "lazy-adam": Adam on the rows a batch touches only
+    # (row-sparse gradients, torch.optim.SparseAdam; BPR only): not the same update
+    optimizer: str = "adam"
     l2: float = 0.0  # L2 on the embeddings each batch uses, per training pair (the loss term "l2")
     n_negatives: int = 1  # sampled unobserved items per positive per epoch
     eval_every: int = 1
@@ -138,6 +142,10 @@ class TrainConfig:
         for name in ("weight_decay", "l2"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise ConfigError(f"{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "lazy-adam" and self.weight_decay:
+            raise ConfigError("lazy-adam has no weight decay (it would touch every row): use --l2")
         if self.seed not in SEEDS:
             raise ConfigError(f"seed must be an integer from 0 to {SEEDS[-1]}, got {self.seed}")
         if self.protocol not in PROTOCOLS:
@@ -190,7 +198,7 @@ class TrainResult:
     best_epoch: int  # counted from 1, as in the log
     valid: dict[str, float]  # validation metrics of the best epoch
     test: dict[str, float]  # test metrics of the best epoch's model
-    test_result: EvalResult = field(repr=False)
+    test_result: EvalResult | None = field(repr=False)  # None when the trainer ran with test=False
     history: list[dict[str, Any]] = field(repr=False)  # one record per epoch, "epoch" counted from 1
     stopped_early: bool
     # The cost of an epoch, one meaning everywhere: training pass + the
@@ -216,16 +224,27 @@ class Trainer:
             model's, then the method's); default: Adam with the config's
             ``lr`` and ``weight_decay`` (fused where PyTorch can).
         info: extra facts recorded in the checkpoint, results.json and best.pt.
+        callbacks: each called as ``callback(trainer, epoch, record)`` after
+            every validation (``record["valid"]`` holds the metrics); an
+            exception it raises leaves ``fit`` (a tuner's pruning).
+        test: False ends ``fit`` at the best validation epoch without
+            evaluating the test part (``TrainResult.test`` empty) and writes no
+            result files: a hyperparameter search's trial.
+        checkpoint: False writes no per-epoch checkpoint (no resume).
     """
 
     def __init__(self, model: Recommender, split: Split, config: TrainConfig | None = None, *,
                  method: MethodFactory | None = None, optimizer: OptimizerFactory | None = None,
-                 out_dir: str | Path | None = None, info: dict[str, Any] | None = None) -> None:
+                 out_dir: str | Path | None = None, info: dict[str, Any] | None = None,
+                 callbacks: Iterable[Callable[["Trainer", int, dict[str, Any]], None]] = (), test: bool = True,
+                 checkpoint: bool = True) -> None:
         self.config = config or TrainConfig()
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device)
         self.split = split
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.test, self.checkpoint = test, checkpoint
         # Under torchrun every process trains; rank 0 alone writes (the others read a checkpoint to resume).
         self.writes = distributed.is_main()
         self.info = {**(info or {}), **split.identity(), "world_size": distributed.world_size(),
@@ -248,6 +267,8 @@ class Trainer:
             self.method.shard_rows(distributed.rank(), distributed.world_size())
         if distributed.world_size() > 1:
             self.info["training"] = "data-parallel" if self.data_parallel else "replicated"
+        if optimizer is None and self.config.optimizer == "lazy-adam":
+            optimizer = self._lazy_adam
         self.make_optimizer = optimizer or functools.partial(_adam, lr=self.config.lr,
                                                              weight_decay=self.config.weight_decay)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -259,6 +280,20 @@ class Trainer:
         self.stopped_early = False
         self.resumes: list[dict[str, Any]] = []  # options changed at each resume
         self._diagnostics_noted = False
+
+    def _lazy_adam(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam on the rows each batch touches (``torch.optim.SparseAdam``):
+        untouched rows keep their moments and values, where dense Adam moves
+        every row with its momentum. The model's embedding tables must be all
+        that trains, on one process."""
+        sparse = {id(p) for p in self.model.use_sparse_gradients()}
+        others = [p for p in params if p.requires_grad and id(p) not in sparse]
+        if others:
+            raise ConfigError(f"lazy-adam updates embedding tables only; method {self.method.name} or the "
+                              f"{self.model.name} model trains other parameters too: use --optimizer adam")
+        if distributed.world_size() > 1:
+            raise ConfigError("lazy-adam runs in one process (its gradients are row-sparse): use --optimizer adam")
+        return torch.optim.SparseAdam(params, lr=self.config.lr)
 
     def _replicated_because(self) -> str | None:
         """Why this run cannot train data-parallel (None if it can)."""
@@ -300,7 +335,7 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stopped_early:
             self._run_epoch(self.epoch)
             self.epoch += 1
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and self.checkpoint:
                 rng = distributed.gather_objects(self._rng_states())  # every process's, for an exact resume
                 if self.writes:
                     self._save_checkpoint(self.checkpoint_path, rng)
@@ -445,6 +480,8 @@ class Trainer:
         # Stop only once every trained model has gone `patience` validations
         # without improving: none is cut short by another's plateau.
         self.stopped_early = all(t.bad_evals >= self.config.patience for t in self.trackers.values())
+        for callback in self.callbacks:
+            callback(self, epoch, record)
 
     def _last_valid_postfix(self) -> dict[str, str]:
         metric = self.config.metric
@@ -473,8 +510,12 @@ class Trainer:
 
     def _finish(self) -> TrainResult:
         self.model.load_state_dict(self.best["state"])
-        test_result = self.evaluator.evaluate(self.model, "test")
         timing = epoch_timing(self.history)
+        if not self.test:  # a search's trial: the test part is never evaluated
+            return TrainResult(best_epoch=self.best["epoch"], valid=self.best["valid"], test={}, test_result=None,
+                               history=self.history, stopped_early=self.stopped_early,
+                               seconds_per_epoch=timing["training"] + timing["refresh"], timing=timing)
+        test_result = self.evaluator.evaluate(self.model, "test")
         result = TrainResult(
             best_epoch=self.best["epoch"],
             valid=self.best["valid"],

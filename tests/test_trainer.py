@@ -55,17 +55,18 @@ class CrashAt(Distillation):
         super().refresh(epoch, batches=batches)
 
 
-@pytest.mark.parametrize("name", ["bpr", "cdae"])  # cdae also draws from torch's global generator
-def test_resume_gives_exactly_the_uninterrupted_result(split, tmp_path, name):
-    whole = Trainer(new_model(split, name), split, config(), out_dir=tmp_path / "whole").fit()
+@pytest.mark.parametrize("name, optimizer", [("bpr", "adam"), ("cdae", "adam"),  # cdae draws from torch's generator
+                                             ("bpr", "lazy-adam")])
+def test_resume_gives_exactly_the_uninterrupted_result(split, tmp_path, name, optimizer):
+    whole = Trainer(new_model(split, name), split, config(optimizer=optimizer), out_dir=tmp_path / "whole").fit()
 
     with pytest.raises(Crash):
-        Trainer(new_model(split, name), split, config(), method=lambda context: CrashAt(context, 3),
-                out_dir=tmp_path / "cut").fit()
+        Trainer(new_model(split, name), split, config(optimizer=optimizer),
+                method=lambda context: CrashAt(context, 3), out_dir=tmp_path / "cut").fit()
     torch.manual_seed(12345)  # the resumed process starts with other global RNG states
     np.random.seed(12345)
     model = new_model(split, name, seed=99)  # and another initialisation: the checkpoint must win
-    resumed_trainer = Trainer(model, split, config(), out_dir=tmp_path / "cut")
+    resumed_trainer = Trainer(model, split, config(optimizer=optimizer), out_dir=tmp_path / "cut")
     resumed = resumed_trainer.fit(resume=True)
 
     assert [r["epoch"] for r in resumed.history] == list(range(1, 7))  # counted from 1
@@ -311,7 +312,7 @@ def test_l2_penalises_the_batch_embeddings_per_pair(split, name):
     for table in model.item_tables:
         by_hand += sum(float(getattr(model, table).weight[i].detach().square().sum())
                        for i in items.reshape(-1).tolist())
-    assert float(model.embedding_l2(users, items)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(model.embedding_l2(users, items).detach()) == pytest.approx(by_hand, rel=1e-5)
     trainer = Trainer(model, split, config(epochs=1, l2=0.5))
     terms = trainer._model_terms(users, pos, neg)
     assert set(terms) == {"loss", "l2"} and float(terms["l2"]) == pytest.approx(0.5 * by_hand / 3, rel=1e-5)
@@ -343,3 +344,69 @@ def test_patience_counts_periods_of_the_method():
     # the period ends 50, 55, 60 counted after the last best: three, below the patience
     assert by_period.best["epoch"] == 46 and by_period.bad_evals == 3
     assert [e for e in curve if e % 15 == 1] == [1, 16, 31, 46]
+
+
+def test_lazy_adam_moves_only_the_rows_a_batch_touches(split):
+    """lazy-adam: its first step is dense Adam's (a row without gradient has
+    no moment yet), up to where SparseAdam adds eps (before the bias
+    correction: an eps of 1e-8 / sqrt(1 - beta2) on the first step, which
+    moves gradients of ~1e-4 by ~1e-3 relative); afterwards a row the batch does not touch stays where it
+    is, while dense Adam moves it on its momentum."""
+    users, pos, neg = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([[4], [5]])
+    steps = {}
+    for optimizer in ("adam", "lazy-adam"):
+        model = new_model(split)
+        trainer = Trainer(model, split, config(optimizer=optimizer, lr=0.1))
+        opt = trainer.make_optimizer(list(model.parameters()))
+        after = []
+        for batch in ((users, pos, neg), (users[:1], pos[:1], neg[:1])):  # the second leaves user 1 out
+            opt.zero_grad()
+            model.loss(*batch).backward()
+            opt.step()
+            after.append(model.user_emb.weight.detach().clone())
+        steps[optimizer] = after
+    dense, lazy = steps["adam"], steps["lazy-adam"]
+    torch.testing.assert_close(lazy[0], dense[0], rtol=0, atol=0.1 * 0.01)  # lr 0.1: 1% of a step
+    assert torch.equal(lazy[1][1], lazy[0][1])  # user 1 untouched by the second batch: unchanged
+    assert not torch.equal(dense[1][1], dense[0][1])  # dense Adam moved it on its momentum
+    assert not torch.equal(lazy[1][0], lazy[0][0])
+
+
+def test_lazy_adam_trains_and_says_what_it_cannot_do(split):
+    result = Trainer(new_model(split), split, config(optimizer="lazy-adam", epochs=4, lr=0.02)).fit()
+    losses = [r["loss"] for r in result.history]
+    assert losses[-1] < losses[0] and result.valid["H@5"] > 0.1 + 5 / 50  # well above a random ranking of 50
+    with pytest.raises(ConfigError, match="no weight decay"):
+        config(optimizer="lazy-adam", weight_decay=1e-4)
+    with pytest.raises(ConfigError, match="lazy Adam update needs a bpr"):
+        Trainer(new_model(split, "neumf"), split, config(optimizer="lazy-adam")).fit()
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        config(optimizer="sgd")
+
+
+def test_callbacks_test_false_and_no_checkpoint(split, tmp_path, monkeypatch):
+    """The hooks a search uses: callbacks after each validation (an exception
+    leaves fit), test=False (the test part never evaluated, no result files),
+    checkpoint=False (no checkpoint)."""
+    seen, parts = [], []
+    original = Evaluator.evaluate
+    monkeypatch.setattr(Evaluator, "evaluate", lambda self, model, part="valid": parts.append(part) or
+                        original(self, model, part))
+    trainer = Trainer(new_model(split), split, config(epochs=4, eval_every=2), out_dir=tmp_path / "run",
+                      callbacks=[lambda t, epoch, record: seen.append((t, epoch, record["valid"]["H@5"]))],
+                      test=False, checkpoint=False)
+    result = trainer.fit()
+    assert [(t, e) for t, e, _ in seen] == [(trainer, 2), (trainer, 4)]
+    assert [v for *_, v in seen] == [r["valid"]["H@5"] for r in result.history if "valid" in r]
+    assert result.test == {} and result.test_result is None and "test" not in parts
+    assert result.valid == trainer.best["valid"]
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+    class Stop(Exception):
+        pass
+
+    def stop(t, epoch, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        Trainer(new_model(split), split, config(epochs=4), callbacks=[stop]).fit()

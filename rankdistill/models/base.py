@@ -107,6 +107,12 @@ class Recommender(nn.Module):
     user_tables: tuple[str, ...] = ()
     item_tables: tuple[str, ...] = ()
 
+    def use_sparse_gradients(self) -> list[nn.Parameter]:
+        """From now on, training steps give row-sparse gradients to the
+        model's embedding tables (for a lazy optimizer); returns them. Every
+        parameter of the model must be among them."""
+        raise ConfigError(f"{self.name} has no row-sparse gradients: the lazy Adam update needs a bpr model")
+
     def embedding_l2(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Sum over a batch of the squared norms of the embeddings it uses:
         each user's ``[B]`` row of every user table and each item's ``[B, k]``

@@ -27,10 +27,15 @@ class BPR(Recommender):
     # CPU than nn.Embedding's, and a broadcast product: the distillation
     # losses score ~10^5 pairs per batch this way.
     def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return _dot_lists(self.user_emb.weight, users, self.item_emb.weight, items)
+        return _dot_lists(self.user_emb.weight, users, self.item_emb.weight, items, sparse=self.user_emb.sparse)
 
     def score_users(self, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        return _dot_lists(self.item_emb.weight, items, self.user_emb.weight, users)
+        return _dot_lists(self.item_emb.weight, items, self.user_emb.weight, users, sparse=self.user_emb.sparse)
+
+    def use_sparse_gradients(self) -> list[nn.Parameter]:
+        # every lookup of a training step (scores, representations) gives row-sparse gradients
+        self.user_emb.sparse = self.item_emb.sparse = True
+        return [self.user_emb.weight, self.item_emb.weight]
 
     def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_emb(users) @ self.item_emb.weight.T
@@ -56,9 +61,15 @@ class BPR(Recommender):
 _WHOLE_TABLE_FACTOR = 64
 
 
-def _dot_lists(row_table: torch.Tensor, rows: torch.Tensor, col_table: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``[B, M]`` dot products of ``row_table[rows[b]]`` with ``col_table[cols[b, m]]``."""
+def _dot_lists(row_table: torch.Tensor, rows: torch.Tensor, col_table: torch.Tensor, cols: torch.Tensor, *,
+               sparse: bool = False) -> torch.Tensor:
+    """``[B, M]`` dot products of ``row_table[rows[b]]`` with ``col_table[cols[b, m]]``
+    (``sparse``: the tables get row-sparse gradients)."""
     if cols.dim() == 2 and not torch.is_grad_enabled() and col_table.shape[0] <= _WHOLE_TABLE_FACTOR * cols.shape[1]:
         return (row_table.index_select(0, rows) @ col_table.T).gather(1, cols)
-    gathered = col_table.index_select(0, cols.reshape(-1)).view(*cols.shape, col_table.shape[1])
-    return (gathered * row_table.index_select(0, rows)[:, None, :]).sum(-1)
+    if sparse:
+        gathered, row = F.embedding(cols, col_table, sparse=True), F.embedding(rows, row_table, sparse=True)
+    else:
+        gathered = col_table.index_select(0, cols.reshape(-1)).view(*cols.shape, col_table.shape[1])
+        row = row_table.index_select(0, rows)
+    return (gathered * row[:, None, :]).sum(-1)
