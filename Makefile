@@ -23,7 +23,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" "setuptools>=77" wheel numpy scipy pytest hypothesis filelock tqdm \
-		ninja matplotlib expecttest
+		ninja matplotlib expecttest optuna
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

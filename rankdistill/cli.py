@@ -45,7 +45,7 @@ from .methods import DEFAULT_TOP, METHODS, build_method, load_or_compute_ranking
 from .models import MODELS, build_model, load_model, model_info
 from .report import Row, format_table
 from .split import Split, leave_one_out
-from .trainer import (BEST_MODEL, CHECKPOINT, SEEDS, MethodFactory, TrainConfig, Trainer, check_device,
+from .trainer import (BEST_MODEL, CHECKPOINT, OPTIMIZERS, SEEDS, MethodFactory, TrainConfig, Trainer, check_device,
                       run_outputs, seed_everything)
 
 log = logging.getLogger("rankdistill")
@@ -190,6 +190,10 @@ def _train_options() -> argparse.ArgumentParser:
     group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     group.add_argument("--weight-decay", type=float, default=0.0,
                        help="Adam's weight decay: every parameter, dense, every step (default: 0)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                       help="adam (dense) or lazy-adam: Adam on the embedding rows each batch touches only, "
+                            "several times faster on large catalogues but not the same update (bpr; no "
+                            "--weight-decay, use --l2) (default: adam)")
     group.add_argument("--l2", type=float, default=0.0,
                        help="L2 penalty on the user and item embeddings each batch uses, per training pair "
                             "(the other common form; logged as the term l2; default: 0)")
@@ -292,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"maximum epochs of each run (default: {DEMO_TRAINING['epochs']})")
     demo.add_argument("--seed", type=_seed, default=0, help="training seed of every run (default: 0)")
     demo.set_defaults(func=cmd_demo)
+    from . import tune  # `rankdistill tune COMMAND`: the search's options beside COMMAND's (tune imports cli)
+    tune.add_parser(commands, common=common, data=data, evaluation=evaluation, training=training,
+                    teacher=_teacher_options(), func=cmd_tune)
     return parser
 
 
@@ -400,7 +407,10 @@ def _run_outputs() -> set[str]:
 
 def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], config: TrainConfig, out: Path, *,
            resume: bool, overwrite: bool, method: MethodFactory | None = None,
-           info: dict[str, Any] | None = None, run_config: config_file.RunConfig | None = None) -> tuple[Row, Any]:
+           info: dict[str, Any] | None = None, run_config: config_file.RunConfig | None = None,
+           trainer_options: dict[str, Any] | None = None) -> tuple[Row, Any]:
+    """One training run into ``out`` (``trainer_options``: the Trainer's
+    ``callbacks``, ``test``, ``checkpoint``, for a search's trials)."""
     split = split_file.split
     writes = distributed.is_main()  # under torchrun, rank 0 alone writes the run folder
     with run_folder_lock(out) if writes else contextlib.nullcontext():
@@ -416,7 +426,8 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
         model = build_model({**model_config, "n_users": split.n_users, "n_items": split.n_items},
                             train=_train_csr(split, config.device))
         trainer = Trainer(model, split, config, method=method, out_dir=out,
-                          info={"role": role, "data": split.train.name, **split_file.info(), **(info or {})})
+                          info={"role": role, "data": split.train.name, **split_file.info(), **(info or {})},
+                          **(trainer_options or {}))
         name = trainer.method.name
         plain = name == "student"  # no distillation (also a teacher's run)
         log.info("%s: %s dim %d, %s parameters, %s -> %s", role, model.name, model.dim,
@@ -437,7 +448,7 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
 
 def _train_config(args: argparse.Namespace, seed: int | None = None) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       l2=args.l2,
+                       l2=args.l2, optimizer=args.optimizer,
                        n_negatives=args.negatives, eval_every=args.eval_every, patience=args.patience,
                        metric=args.metric, protocol=args.protocol, cutoffs=_cutoffs_for(args),
                        eval_batch_size=args.eval_batch_size, seed=args.seed if seed is None else seed,
@@ -599,7 +610,8 @@ def _load_teacher(args: argparse.Namespace, sizes: list[tuple[str, int]]):
 
 
 def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, split_file: _SplitFile, teacher,
-                 rankings, run_config: config_file.RunConfig | None = None) -> tuple[Row, Any]:
+                 rankings, run_config: config_file.RunConfig | None = None,
+                 trainer_options: dict[str, Any] | None = None) -> tuple[Row, Any]:
     overrides = _method_overrides(args, method)
     options = method_options(method, overrides)
     model = args.model or teacher.name
@@ -608,7 +620,7 @@ def _distill_run(args: argparse.Namespace, method: str, seed: int, out: Path, sp
     return _train("student", split_file, _model_config(args, model, args.dim or DEFAULT_DIMS["student"]),
                   _train_config(args, seed), out, resume=args.resume, overwrite=args.overwrite,
                   method=lambda context: build_method(method, context, teacher, rankings, overrides), info=info,
-                  run_config=run_config)
+                  run_config=run_config, trainer_options=trainer_options)
 
 
 def _teacher_alone_config(args: argparse.Namespace, teacher) -> dict[str, Any]:
@@ -696,6 +708,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if result is not None:
         _print_report(result)
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """`rankdistill tune COMMAND ...`: rankdistill/tune.py (Optuna, an optional dependency)."""
+    from .tune import run
+    return run(args)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
