@@ -188,16 +188,6 @@ def add_parser(commands: argparse._SubParsersAction, *, common: argparse.Argumen
     return tune
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def _search_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("search (rankdistill tune)")
@@ -223,9 +213,9 @@ def _search_options() -> argparse.ArgumentParser:
     group.add_argument("--pruner", choices=("median", "none"), default="median",
                        help="median (default): stop a trial whose best validation so far is below the median of "
                             "the finished trials' at the same epoch")
-    group.add_argument("--prune-warmup", type=_non_negative_int, default=5, metavar="EPOCHS",
-                       help="epochs a trial runs before it can be pruned (default: 5)")
-    group.add_argument("--prune-startup", type=_non_negative_int, default=5, metavar="N",
+    group.add_argument("--prune-warmup", type=cli._non_negative_int, default=20, metavar="EPOCHS",
+                       help="epochs a trial runs before it can be pruned (default: 20: a slow learning rate starts slow)")
+    group.add_argument("--prune-startup", type=cli._non_negative_int, default=5, metavar="N",
                        help="finished trials before any is pruned (default: 5)")
     group.add_argument("--sampler-seed", type=int, default=0, help="seed of the sampler (default: 0)")
     group.add_argument("--final-seeds", type=cli._seeds, default=[0, 1, 2],

@@ -18,6 +18,15 @@ def small_split(n_users, n_items, *, mean_interactions=15, seed=1):
     return leave_one_out(data, seed=0, n_candidates=40)
 
 
+def run(capsys, *argv):
+    """``rankdistill ARGV`` in this process: (exit code, stdout, stderr)."""
+    from rankdistill.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def write_users_dat(data, path):
     """``data`` (Interactions) as a users.dat file at ``path``; returns the path."""
     lines = [[] for _ in range(data.n_users)]

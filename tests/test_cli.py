@@ -22,15 +22,10 @@ from rankdistill.compare import (Run, format_summary, markdown_summary, paired_t
                                  summary_files, table_metrics)
 from rankdistill.data import synthetic
 
-from distill_setup import write_users_dat
+from distill_setup import run, write_users_dat
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_error(capsys, *argv):

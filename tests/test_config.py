@@ -16,7 +16,7 @@ from rankdistill.cli import main
 from rankdistill.data import synthetic
 from rankdistill.methods import method_options
 
-from distill_setup import write_users_dat
+from distill_setup import run, write_users_dat
 
 try:
     import tomllib
@@ -31,11 +31,6 @@ def users_dat(tmp_path_factory):
     data = synthetic(100, 400, n_factors=6, mean_interactions=12, min_interactions=5, seed=0)
     return write_users_dat(data, tmp_path_factory.mktemp("data") / "users.dat")
 
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_error(capsys, *argv) -> str:

@@ -267,14 +267,6 @@ def test_byte_order_mark_is_skipped_by_every_reader(tmp_path):
         assert pairs_in_file_ids(data) == {(10, 3), (11, 4)}
 
 
-def test_nul_bytes_are_a_binary_file(tmp_path):
-    path = tmp_path / "data.bin"
-    path.write_bytes(b"2 1 2\n\x00\x00\x00\x00\n")
-    for reader in (load_users_dat, load_delimited, load, detect_format):
-        with pytest.raises(DataError, match=r"line 2: holds a NUL byte \(is this a binary file\?\)"):
-            reader(path)
-
-
 def test_windows_line_endings_and_blank_lines_read_like_plain_ones(tmp_path):
     # pins behaviour that already held: "\r" and whitespace-only lines are blank
     users_dat = write(tmp_path, "users.dat", "2 1 2\n \t \n1 3\n")

@@ -22,15 +22,10 @@ from rankdistill.models import BPR, load_model
 from rankdistill.split import Split, leave_one_out
 from rankdistill.trainer import TrainConfig, Trainer
 
-from distill_setup import write_users_dat
+from distill_setup import run, write_users_dat
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_error(capsys, *argv):

@@ -17,7 +17,7 @@ from rankdistill.cli import main  # noqa: E402
 from rankdistill.data import synthetic  # noqa: E402
 from rankdistill.evaluation import Evaluator  # noqa: E402
 
-from distill_setup import write_users_dat  # noqa: E402
+from distill_setup import run, write_users_dat  # noqa: E402
 
 # Small and quick: 2 epochs, 40 evaluation candidates, the final retraining with one seed.
 QUICK = ["--epochs", "2", "--eval-candidates", "40", "--final-seeds", "0", "--no-progress"]
@@ -28,11 +28,6 @@ def users_dat(tmp_path_factory):
     data = synthetic(120, 600, n_factors=6, mean_interactions=15, min_interactions=5, seed=0)
     return write_users_dat(data, tmp_path_factory.mktemp("data") / "users.dat")
 
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_error(capsys, *argv):
