@@ -198,6 +198,9 @@ def _train_options() -> argparse.ArgumentParser:
     group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     group.add_argument("--weight-decay", type=float, default=0.0,
                        help="Adam's weight decay: every parameter, dense, every step (default: 0)")
+    group.add_argument("--data-parallel", action="store_true",
+                       help="under torchrun: each process trains its share of every batch, gradients summed "
+                            "(default: every process trains every batch; see docs/scaling.md for when it pays)")
     group.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                        help="adam (dense) or lazy-adam: Adam on the embedding rows each batch touches only, "
                             "several times faster on large catalogues but not the same update (bpr; no "
@@ -456,7 +459,7 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
 
 def _train_config(args: argparse.Namespace, seed: int | None = None) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                       l2=args.l2, optimizer=args.optimizer,
+                       l2=args.l2, optimizer=args.optimizer, data_parallel=args.data_parallel,
                        n_negatives=args.negatives, eval_every=args.eval_every, patience=args.patience,
                        metric=args.metric, protocol=args.protocol, cutoffs=_cutoffs_for(args),
                        eval_batch_size=args.eval_batch_size, seed=args.seed if seed is None else seed,

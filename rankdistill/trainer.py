@@ -119,6 +119,10 @@ class TrainConfig:
     # "adam": dense Adam; "lazy-adam": Adam on the rows a batch touches only
     # (row-sparse gradients, torch.optim.SparseAdam; BPR only): not the same update
     optimizer: str = "adam"
+    # Under torchrun: each process trains its share of every batch, gradients
+    # summed (else every process trains every batch: replicated, the default,
+    # since on CPUs with gloo the gradient exchange costs more than it saves)
+    data_parallel: bool = False
     l2: float = 0.0  # L2 on the embeddings each batch uses, per training pair (the loss term "l2")
     n_negatives: int = 1  # sampled unobserved items per positive per epoch
     eval_every: int = 1
@@ -259,8 +263,8 @@ class Trainer:
         context = DistillContext(self.model, split, device=self.device, generator=self.generator,
                                  seed=self.config.seed, epochs=self.config.epochs)
         self.method = method(context) if method is not None else Distillation(context)
-        # Under torchrun: data-parallel when the model's and the method's
-        # batch losses split by rows with the one-process result, else replicated.
+        # Under torchrun: data-parallel when asked and the model's and the
+        # method's batch losses split by rows with the one-process result, else replicated.
         self.replicated_because = self._replicated_because()
         self.data_parallel = distributed.world_size() > 1 and self.replicated_because is None
         if self.data_parallel:
@@ -296,7 +300,9 @@ class Trainer:
         return torch.optim.SparseAdam(params, lr=self.config.lr)
 
     def _replicated_because(self) -> str | None:
-        """Why this run cannot train data-parallel (None if it can)."""
+        """Why this run does not train data-parallel (None if it does)."""
+        if not self.config.data_parallel:
+            return "the default; --data-parallel splits the batches"
         if getattr(self.model, "draws_in_loss", False):
             return f"the {getattr(self.model, 'name', 'model')} model draws at random in its loss"
         if not self.method.splits_by_rows:

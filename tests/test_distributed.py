@@ -73,10 +73,11 @@ def _same_run(one, two, *, exact=True):
 
 
 @pytest.mark.parametrize("method, options, training", [
-    ("dcd", [], "data-parallel"),
-    ("rd", ["-o", "warmup=0", "-o", "rank_every=1"], "data-parallel"),
-    ("student", [], "data-parallel"),
-    ("de", [], "replicated"),  # its experts draw per batch: every process trains on the whole batch
+    ("dcd", ["--data-parallel"], "data-parallel"),
+    ("rd", ["--data-parallel", "-o", "warmup=0", "-o", "rank_every=1"], "data-parallel"),
+    ("student", ["--data-parallel"], "data-parallel"),
+    ("de", ["--data-parallel"], "replicated"),  # its experts draw per batch: every process trains the whole batch
+    ("rrd", [], "replicated"),  # the default
 ])
 def test_two_processes_train_like_one_process_run(setup, method, options, training):
     folder, users_dat = setup
@@ -120,7 +121,7 @@ def test_two_processes_evaluate_like_one(setup, protocol):
 def test_two_process_resume_is_exact_and_needs_two_processes(setup):
     folder, users_dat = setup
     args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", "rrd",
-            "--top", "40", "--dim", "8", "--lr", "0.01", "--no-progress", "-q"]
+            "--data-parallel", "--top", "40", "--dim", "8", "--lr", "0.01", "--no-progress", "-q"]
     whole, cut = folder / "rrd-whole", folder / "rrd-cut"
     assert torchrun(*args, "--epochs", "4", "--out", whole, cwd=folder).returncode == 0
     assert torchrun(*args, "--epochs", "2", "--out", cut, cwd=folder).returncode == 0
