@@ -33,8 +33,8 @@ from .io import atomic_open, write_json
 from .trainer import CHECKPOINT, RESULTS, TEST_PER_USER, comparable_config
 
 __all__ = ["Report", "Run", "TABLE_METRICS", "FULL_TABLE_METRICS", "TEACHER_BASELINE", "baseline_of", "table_metrics",
-           "load_run", "teacher_runs", "paired_tests", "plot_curves", "summarize", "format_summary", "markdown_summary",
-           "write_summary", "run_grid", "report", "setup_differences", "holm", "summary_files"]
+           "load_run", "teacher_runs", "paired_tests", "plot_curves", "pyplot", "save_figure", "summarize",
+           "format_summary", "markdown_summary", "write_summary", "run_grid", "report", "setup_differences", "holm", "summary_files"]
 
 log = logging.getLogger("rankdistill")
 
@@ -425,11 +425,10 @@ def _mean_curve(histories: list[list[dict[str, Any]]], key: str, metric: str = "
 _MARKERS = {"marker": "o", "markersize": 3}
 
 
-def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5") -> None:
-    """Validation ``metric`` per epoch and, for the methods that record it,
-    the mean |R_S - R_T| over the teacher's top-50 (user side solid, item
-    side dashed), averaged over seeds. Every series has markers (a run
-    validated once is a point) and the epoch axis integer ticks."""
+def pyplot(path: str | Path) -> Any:
+    """matplotlib's pyplot (non-interactive) for drawing the figure ``path``;
+    a ``RankdistillError`` naming the extra when matplotlib, an optional
+    dependency, is missing."""
     try:
         import matplotlib
     except ImportError as exc:  # an optional dependency: the extra [plot]
@@ -439,6 +438,24 @@ def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int) -> None:
+    """``fig`` as a PNG at ``path``, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5") -> None:
+    """Validation ``metric`` per epoch and, for the methods that record it,
+    the mean |R_S - R_T| over the teacher's top-50 (user side solid, item
+    side dashed), averaged over seeds. Every series has markers (a run
+    validated once is a point) and the epoch axis integer ticks."""
+    plt = pyplot(path)
     from matplotlib.ticker import MaxNLocator
 
     gaps = {}
@@ -465,6 +482,4 @@ def plot_curves(path: str | Path, runs: dict[str, list[Run]], metric: str = "H@5
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -49,7 +49,8 @@ from typing import Any, Callable
 import torch
 
 from . import cli, distributed, progress
-from .compare import BASELINE, TEACHER_BASELINE, Report, report, run_grid, summary_files, table_metrics
+from .compare import (BASELINE, TEACHER_BASELINE, Report, pyplot, report, run_grid, save_figure, summary_files,
+                      table_metrics)
 from .errors import ConfigError, RankdistillError
 from .io import atomic_open, file_sha256, run_folder_lock, write_json
 from .methods import METHODS, method_options
@@ -1104,14 +1105,7 @@ def plot_trials(path: Path, trials: list[Any], space: dict[str, Dimension], metr
     grid's values evenly spaced, a range on its scale; completed trials
     filled, pruned ones hollow (their best before they stopped), failed ones
     as crosses at the bottom."""
-    try:
-        import matplotlib
-    except ImportError as exc:  # an optional dependency: the extra [plot], as compare's figure
-        raise RankdistillError(f"the figure {path} needs matplotlib, an optional dependency of rankdistill: "
-                               "pip install 'rankdistill[plot]' (or pip install matplotlib)") from exc
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
 
     keys = list(space)
     columns = min(3, len(keys))
@@ -1155,9 +1149,7 @@ def plot_trials(path: Path, trials: list[Any], space: dict[str, Dimension], metr
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{len(trials)} trials: best validation {metric} per setting (failed: at the bottom)", fontsize=9)
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _figure(path: Path, trials: list[Any], space: dict[str, Dimension], metric: str) -> str | None:
