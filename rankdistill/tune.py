@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import filelock
 import torch
 
 from . import cli, distributed, progress
@@ -597,10 +598,12 @@ class _Objective:
 
     def __init__(self, args: argparse.Namespace, out: Path, space: dict[str, Dimension], context: _Context) -> None:
         self.args, self.out, self.space, self.context = args, out, space, context
+        self.started: Callable[[], None] = lambda: None  # called once the trial exists (see _optimize)
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
+        self.started()
         params = {key: dim.suggest(trial) for key, dim in self.space.items()}
         folder = self.out / TRIALS_DIR / f"{trial.number:04d}"
         # the run folder, under OUT (with a --storage shared by several machines: where it is, in full)
@@ -826,17 +829,6 @@ def _should_start(study: Any, plan: _Plan) -> bool:
     return plan.target is None or sum(map(_counted, trials)) + running < plan.target
 
 
-class _Stopper:
-    """Stops the study once no trial should start (``_should_start``)."""
-
-    def __init__(self, plan: _Plan) -> None:
-        self.plan = plan
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        if not _should_start(study, self.plan):
-            study.stop()
-
-
 class _Interrupt:
     """Ctrl-C during a search. It interrupts a trial while the trial trains,
     never a write to the study's database (an SQLite write cut short could
@@ -901,20 +893,36 @@ class _Interrupt:
             cls.training = False
 
 
-def _optimize(study: Any, objective: _Objective, plan: _Plan, callbacks: list[Callable] = ()) -> None:
-    """Trials until the study has its trials (the grid: each point once),
-    queued retries first; a KeyboardInterrupt once Ctrl-C has stopped them."""
-    def stop_if_interrupted(study: Any, trial: Any) -> None:
-        if _Interrupt.pending:
-            study.stop()
+def _start_lock(args: argparse.Namespace, out: Path) -> filelock.FileLock:
+    """The lock under which a process decides to start a trial and creates it.
+    Without it two processes could both see one grid point left and both start
+    a trial: Optuna's GridSampler then gives the second a point that is
+    running. Beside the SQLite database (the default one or a --storage
+    file); for a database server, in OUT: it orders the processes of one
+    machine only."""
+    from sqlalchemy.engine import make_url  # Optuna's RDB storage's own dependency
 
+    url = make_url(_storage_url(args, out))
+    beside = Path(url.database).resolve() if url.drivername.startswith("sqlite") and url.database else out / STUDY_DB
+    return filelock.FileLock(str(beside.with_name(beside.name + ".start.lock")))
+
+
+def _optimize(study: Any, objective: _Objective, plan: _Plan, lock: filelock.FileLock,
+              callbacks: list[Callable] = ()) -> None:
+    """Trials until the study has its trials (the grid: each point once),
+    queued retries first; a KeyboardInterrupt once Ctrl-C has stopped them.
+    ``lock`` is held from the decision to start a trial until Optuna has
+    created it with its setting (the objective's first step releases it)."""
+    objective.started = lambda: lock.release(force=True)
     with _Interrupt.installed():
-        while not _Interrupt.pending and _should_start(study, plan):
-            before = len(study.get_trials(deepcopy=False))
-            study.optimize(objective, n_trials=None, callbacks=[stop_if_interrupted, _Stopper(plan), *callbacks],
-                           catch=(_TrialFailed,))
-            if len(study.get_trials(deepcopy=False)) == before:
-                break
+        while not _Interrupt.pending:
+            lock.acquire()
+            try:
+                if not _should_start(study, plan):
+                    break
+                study.optimize(objective, n_trials=1, callbacks=list(callbacks), catch=(_TrialFailed,))
+            finally:
+                lock.release(force=True)
         _Interrupt.check()
 
 
@@ -932,7 +940,7 @@ def _worker_main(args: argparse.Namespace, out: Path, index: int, threads: int, 
             plan = _plan(args, space)
             context = _worker_context(args, out)
             study = _open_study(optuna, args, out, space, plan, index)
-            _optimize(study, _Objective(args, out, space, context), plan)
+            _optimize(study, _Objective(args, out, space, context), plan, _start_lock(args, out))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -1279,7 +1287,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             if _should_start(study, plan):
                 if args.jobs == 1:
-                    _optimize(study, _Objective(args, out, space, context), plan, [tracker.callback])
+                    _optimize(study, _Objective(args, out, space, context), plan, _start_lock(args, out),
+                              [tracker.callback])
                 else:
                     _run_processes(args, out, args.jobs, tracker, study)
         finally:  # trials.csv as the study stands, also when interrupted

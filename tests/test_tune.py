@@ -205,6 +205,45 @@ def test_jobs_run_trials_in_processes(capsys, users_dat, tmp_path):
     assert "2 processes" in err
 
 
+def test_processes_racing_for_the_last_grid_points_run_each_point_once(tmp_path):
+    # Many instant trials from several workers at once on one SQLite study: without the start lock
+    # two workers often both see a point left and Optuna's GridSampler gives the second a running point.
+    import argparse
+    import threading
+
+    space = {"lr": tune.Dimension("lr", "training", float, values=tuple(10.0 ** -k for k in range(1, 25)))}
+    plan = tune._Plan("grid", None, len(space["lr"].values))
+    args = argparse.Namespace(storage=None, study_name=None, tune_command="student", sampler_seed=0,
+                              pruner="none", method=None)
+    tune._open_study(optuna, args, tmp_path, space, plan)  # created once, as the main process does
+
+    class Instant:
+        started = None
+
+        def __call__(self, trial):
+            self.started()
+            return space["lr"].suggest(trial)
+
+    errors = []
+
+    def worker(index):
+        try:
+            study = tune._open_study(optuna, args, tmp_path, space, plan, index)
+            tune._optimize(study, Instant(), plan, tune._start_lock(args, tmp_path))
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    trials = study_of(tmp_path).trials
+    assert sorted(t.params["lr"] for t in trials) == sorted(space["lr"].values)
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+
 def test_the_pruner_stops_a_hopeless_trial(capsys, users_dat, tmp_path):
     # Sampler seed 1 orders the grid (5e-2, 1e-30): the good trial first, then one that cannot learn,
     # stopped once its warm-up epochs are over and its curve stays below the first's.
