@@ -40,6 +40,10 @@ TORCH_LIBRARY(rankdistill, m) {
   m.def(
       "rank_positions(Tensor scores, Tensor? targets, Tensor? exclude_indptr, "
       "Tensor? exclude_indices) -> Tensor");
+  // rank_positions(row_embeddings @ col_embeddings.T, targets, ...) without the score matrix.
+  m.def(
+      "dot_rank_positions(Tensor row_embeddings, Tensor col_embeddings, Tensor targets, "
+      "Tensor? exclude_indptr, Tensor? exclude_indices) -> Tensor");
   m.def(
       "weighted_sample(Tensor weights, int k, bool sorted, Generator? generator) -> Tensor",
       {at::Tag::nondeterministic_seeded});

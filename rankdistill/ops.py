@@ -18,7 +18,7 @@ import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.rankdistill)
 
-__all__ = ["rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle"]
+__all__ = ["rank_positions", "dot_rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle"]
 
 _ops = torch.ops.rankdistill
 _REDUCTIONS = ("mean", "sum", "none")
@@ -88,6 +88,45 @@ def rank_positions(
     """
     indptr, indices = _exclude_arrays(exclude)
     return _ops.rank_positions(scores, targets, indptr, indices)
+
+
+def dot_rank_positions(
+    row_embeddings: torch.Tensor,
+    col_embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    exclude: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """``rank_positions(row_embeddings @ col_embeddings.T, targets, exclude=exclude)``
+    for a dot-product model, without the ``[B, N]`` score matrix.
+
+    The scores are computed a few rows at a time (on the CPU, blocks of rows
+    of at most 2^18 scores, one matrix product each, in a per-thread buffer;
+    on CUDA, each score as a dot product while the ranking kernel reads it)
+    and ranked exactly as ``rank_positions`` ranks a row: higher score first,
+    ties by column, the excluded columns taking no part. Every score of a row,
+    its targets' included, comes from the same computation, so a target never
+    counts itself; the scores may differ from a separate ``row_embeddings @
+    col_embeddings.T`` in the last bit (another summation order), which can
+    only swap two columns whose scores agree to float precision.
+
+    Args:
+        row_embeddings: float32 or float64 ``[B, d]`` (e.g. a batch of users).
+        col_embeddings: ``[N, d]``, same dtype and device (e.g. every item;
+            for the item side pass the item and user tables the other way round).
+        targets: int64 ``[B, T]`` column indices (repeats allowed).
+        exclude: optional CSR pair ``(indptr [B+1], indices [nnz])``, int64,
+            of the columns excluded from each row.
+
+    Returns:
+        int64 ``[B, T]``.
+
+    Raises as ``rank_positions`` does, and TypeError for embeddings that are
+    not float32/float64 or differ in dtype, ValueError for different
+    dimensions or NaN scores. Not differentiable (ranks are integers).
+    """
+    indptr, indices = _exclude_arrays(exclude)
+    return _ops.dot_rank_positions(row_embeddings.detach(), col_embeddings.detach(), targets, indptr, indices)
 
 
 def weighted_sample(
@@ -211,6 +250,11 @@ def relaxed_listmle(
 def _rank_positions_fake(scores, targets, exclude_indptr, exclude_indices):
     width = scores.shape[1] if targets is None else targets.shape[1]
     return scores.new_empty((scores.shape[0], width), dtype=torch.long)
+
+
+@torch.library.register_fake("rankdistill::dot_rank_positions")
+def _dot_rank_positions_fake(row_embeddings, col_embeddings, targets, exclude_indptr, exclude_indices):
+    return row_embeddings.new_empty((row_embeddings.shape[0], targets.shape[1]), dtype=torch.long)
 
 
 @torch.library.register_fake("rankdistill::weighted_sample")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle"]
+__all__ = ["rank_positions", "dot_rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle"]
 
 
 def rank_positions(
@@ -39,6 +39,17 @@ def rank_positions(
     position = kept_in_order.cumsum(1) - kept_in_order
     ranks = torch.empty_like(order).scatter_(1, order, position)
     return ranks if targets is None else ranks.gather(1, targets)
+
+
+def dot_rank_positions(
+    row_embeddings: torch.Tensor,
+    col_embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    exclude: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """The whole score matrix, then ``rank_positions`` (see ``ops.dot_rank_positions``)."""
+    return rank_positions(row_embeddings @ col_embeddings.T, targets, exclude=exclude)
 
 
 def _check_weights(weights: torch.Tensor, k: int) -> None:

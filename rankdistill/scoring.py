@@ -42,6 +42,12 @@ class Scorer(Protocol):
     enabled on the student (its training terms) and under ``torch.no_grad`` for
     ranking. DE also needs ``user_representation(users) -> [B, d]`` and
     ``item_representation(items) -> [B, d]``.
+
+    Optional: a model whose score is exactly a dot product may have
+    ``embedding_tables() -> (users [n_users, d], items [n_items, d])`` with
+    ``score(u, i) = <users[u], items[i]>``; the student's whole-catalogue ranks
+    (DCD's corrections, RD, the discrepancy diagnostics) are then computed by
+    ``ops.dot_rank_positions`` without a block of scores (``dot_product_tables``).
     """
 
     def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
@@ -108,6 +114,26 @@ class EmbeddingScorer(nn.Module):
 
     def score_all_users(self, items: torch.Tensor) -> torch.Tensor:
         return _all_products(self.item_embeddings, items, self.user_embeddings, self.n_users)
+
+    def embedding_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every user's and every item's embedding: ``score(u, i) = <users[u], items[i]>``."""
+        device = self.device
+        return (self.user_embeddings(torch.arange(self.n_users, device=device)),
+                self.item_embeddings(torch.arange(self.n_items, device=device)))
+
+
+def dot_product_tables(model: Scorer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(users [n_users, d], items [n_items, d])`` of a dot-product model
+    (its optional ``embedding_tables()``, see ``Scorer``), detached, as float32
+    or float64; None for any other model."""
+    tables = getattr(model, "embedding_tables", None)
+    if tables is None:
+        return None
+    with torch.no_grad():
+        users, items = (t.detach() for t in tables())
+    if users.dtype not in (torch.float32, torch.float64) or users.dtype != items.dtype:
+        users, items = users.float(), items.float()
+    return users, items
 
 
 def _all_products(row_embeddings, rows: torch.Tensor, col_embeddings, n_cols: int) -> torch.Tensor:

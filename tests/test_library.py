@@ -122,6 +122,10 @@ def test_an_embedding_scorer_is_a_scorer(data):
         assert torch.allclose(scorer.score_users(items[:, 0], items), full.T[items[:, :1], items], atol=1e-6)
         assert torch.allclose(scorer.score_all(users), full[users], atol=1e-6)
         assert torch.allclose(scorer.score_all_users(torch.tensor([4])), full[:, 4][None], atol=1e-6)
+    # a dot-product model: its tables, for ranking without blocks of scores
+    user_table, item_table = rankdistill.scoring.dot_product_tables(scorer)
+    assert not user_table.requires_grad and user_table.shape == (n_users, model.user_tower[-1].out_features)
+    assert torch.allclose(user_table @ item_table.T, full, atol=1e-6)
     scorer.eval()  # module=: the model's mode follows the scorer's
     assert not model.training
 

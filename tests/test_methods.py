@@ -10,7 +10,8 @@ import torch
 
 from rankdistill.errors import ConfigError
 from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
-from rankdistill import blocks
+from rankdistill import blocks, ops
+from rankdistill.methods import base as methods_base
 from rankdistill import trainer as trainer_module
 from rankdistill.methods.base import Batch, Side
 from rankdistill.methods.dcd import largest_discrepancies, select_discrepancies
@@ -248,6 +249,35 @@ def test_dcd_candidate_scope_ranks_within_the_teachers_list(split, teacher, rank
     assert torch.equal(within.sort(dim=1).values, torch.arange(TOP).expand(split.n_users, -1))
     # The order among the candidates is the same either way.
     assert torch.equal(within.argsort(dim=1), catalogue.argsort(dim=1))
+
+
+class ScoresOnly:
+    """A model seen through its score methods only: catalogue ranks from blocks of scores."""
+
+    def __init__(self, model):
+        self.score_items, self.score_users = model.score_items, model.score_users
+        self.score_all, self.score_all_users = model.score_all, model.score_all_users
+
+
+@pytest.mark.parametrize("side_of", [user_side, item_side])
+def test_dot_product_models_rank_without_score_blocks_and_agree(split, rankings, side_of, monkeypatch):
+    # BPR has embedding_tables(): its catalogue ranks come from ops.dot_rank_positions; with
+    # integer embeddings every score is exact, so they must equal the block path's, ties included.
+    student = new_model(split, 4)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for table in (student.user_emb.weight, student.item_emb.weight):
+            table.copy_(torch.randint(-2, 3, table.shape, generator=gen).float())
+    side = side_of(split, rankings)
+    calls = []
+    fused = ops.dot_rank_positions
+    monkeypatch.setattr(methods_base, "dot_rank_positions", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    got = side.catalogue_ranks(student, side.top)
+    assert calls
+    expected = side.catalogue_ranks(ScoresOnly(student), side.top)
+    assert torch.equal(got, expected)
+    rows = torch.tensor([5, 0, 17, 5])
+    assert torch.equal(side.catalogue_ranks(student, side.top[rows], rows), expected[rows])
 
 
 def test_diagnostics_are_recorded_at_each_refresh(split, teacher, rankings):

@@ -11,7 +11,7 @@ def opcheck(op, args):
 
 
 def test_visible_under_torch_ops():
-    for name in ("rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle",
+    for name in ("rank_positions", "dot_rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle",
                  "relaxed_listmle_backward"):
         assert hasattr(torch.ops.rankdistill, name)
 
@@ -24,6 +24,15 @@ def test_opcheck_rank_positions(device):
     opcheck(torch.ops.rankdistill.rank_positions, (scores, targets, indptr, indices))
     opcheck(torch.ops.rankdistill.rank_positions, (scores, None, None, None))
     opcheck(torch.ops.rankdistill.rank_positions, (scores.T, None, None, None))
+
+
+def test_opcheck_dot_rank_positions(device):
+    rows, cols = torch.randn(6, 4, device=device), torch.randn(30, 4, device=device)
+    targets = torch.randint(0, 30, (6, 5), device=device)
+    indptr = torch.tensor([0, 2, 2, 3, 5, 5, 6], device=device)
+    indices = torch.tensor([1, 4, 0, 7, 7, 29], device=device)
+    opcheck(torch.ops.rankdistill.dot_rank_positions, (rows, cols, targets, indptr, indices))
+    opcheck(torch.ops.rankdistill.dot_rank_positions, (rows.double(), cols.double(), targets, None, None))
 
 
 def test_opcheck_samplers(device):

@@ -45,20 +45,21 @@ RD_HOST_DEVICE int first_target_after(const float* scores, const Col* cols, int 
 // bit-level keys used for sorting agree with float comparison.
 RD_HOST_DEVICE float canonical_zero(float s) { return s == 0.0f ? 0.0f : s; }
 
-inline void check_rank_positions_inputs(const at::Tensor& scores, const std::optional<at::Tensor>& targets,
-                                        const std::optional<at::Tensor>& indptr,
-                                        const std::optional<at::Tensor>& indices) {
-  check_dim(scores, 2, "scores");
-  check_floating(scores, "scores");
-  const int64_t rows = scores.size(0), cols = scores.size(1);
-  TORCH_CHECK_VALUE(cols < (int64_t{1} << 31), "scores may have at most 2^31 - 1 columns, got ", cols);
+// `targets` (int64 [rows, T], ids of the num_cols columns) and the CSR pair
+// of excluded columns per row; `device` names the tensor they must share a
+// device with.
+inline void check_targets_and_exclude(const at::Tensor& device, const char* device_name, int64_t rows,
+                                      int64_t cols, const char* cols_name,
+                                      const std::optional<at::Tensor>& targets,
+                                      const std::optional<at::Tensor>& indptr,
+                                      const std::optional<at::Tensor>& indices) {
   if (targets.has_value()) {
     check_dim(*targets, 2, "targets");
     check_dtype(*targets, at::kLong, "targets");
-    check_same_device(*targets, scores, "targets", "scores");
-    TORCH_CHECK_VALUE(targets->size(0) == rows, "targets must have one row per row of scores (", rows,
+    check_same_device(*targets, device, "targets", device_name);
+    TORCH_CHECK_VALUE(targets->size(0) == rows, "targets must have one row per row of ", device_name, " (", rows,
                       "), got ", targets->size(0));
-    check_index_range(*targets, cols, "targets", "number of columns of scores");
+    check_index_range(*targets, cols, "targets", cols_name);
   }
   TORCH_CHECK_VALUE(indptr.has_value() == indices.has_value(),
                     "exclude needs both indptr and indices, or neither");
@@ -67,8 +68,8 @@ inline void check_rank_positions_inputs(const at::Tensor& scores, const std::opt
   check_dim(*indices, 1, "exclude indices");
   check_dtype(*indptr, at::kLong, "exclude indptr");
   check_dtype(*indices, at::kLong, "exclude indices");
-  check_same_device(*indptr, scores, "exclude indptr", "scores");
-  check_same_device(*indices, scores, "exclude indices", "scores");
+  check_same_device(*indptr, device, "exclude indptr", device_name);
+  check_same_device(*indices, device, "exclude indices", device_name);
   TORCH_CHECK_VALUE(indptr->size(0) == rows + 1, "exclude indptr must have B + 1 = ", rows + 1,
                     " entries, got ", indptr->size(0));
   const int64_t first = indptr->select(0, 0).item<int64_t>();
@@ -77,7 +78,17 @@ inline void check_rank_positions_inputs(const at::Tensor& scores, const std::opt
                     indices->size(0), ", got ", first, " and ", last);
   TORCH_CHECK_VALUE(rows == 0 || !at::lt(at::diff(*indptr), 0).any().item<bool>(),
                     "exclude indptr must be non-decreasing");
-  check_index_range(*indices, cols, "exclude indices", "number of columns of scores");
+  check_index_range(*indices, cols, "exclude indices", cols_name);
+}
+
+inline void check_rank_positions_inputs(const at::Tensor& scores, const std::optional<at::Tensor>& targets,
+                                        const std::optional<at::Tensor>& indptr,
+                                        const std::optional<at::Tensor>& indices) {
+  check_dim(scores, 2, "scores");
+  check_floating(scores, "scores");
+  const int64_t rows = scores.size(0), cols = scores.size(1);
+  TORCH_CHECK_VALUE(cols < (int64_t{1} << 31), "scores may have at most 2^31 - 1 columns, got ", cols);
+  check_targets_and_exclude(scores, "scores", rows, cols, "number of columns of scores", targets, indptr, indices);
 }
 
 // A checked call, as both backends start it: the targets made contiguous

@@ -35,8 +35,8 @@ from torch import nn
 from .. import distributed, progress
 from ..blocks import csr_rows, csr_select, row_blocks
 from ..errors import ConfigError
-from ..ops import rank_positions, relaxed_listmle
-from ..scoring import InteractionMatrix, Scorer, as_interactions
+from ..ops import dot_rank_positions, rank_positions, relaxed_listmle
+from ..scoring import InteractionMatrix, Scorer, as_interactions, dot_product_tables
 from ..unobserved import ObservedItems
 from .rankings import TeacherRankings
 
@@ -177,6 +177,9 @@ class Side:
         out = torch.empty((last - first, *targets.shape[1:]), dtype=torch.int64, device=self.device)
         blocks = list(row_blocks(last - first, self.n_cols))
         with evaluation_mode(model):
+            tables = dot_product_tables(model)  # a dot-product model: ranked without blocks of scores
+            if tables is not None and self.name == "item":
+                tables = tables[::-1]
             for start, stop in progress.bar(blocks, desc=f"student: catalogue ranks, {self.name} side", unit="block"):
                 start, stop = first + start, first + stop
                 if rows is None:
@@ -185,8 +188,12 @@ class Side:
                 else:
                     ids = rows[start:stop]
                     exclude = csr_select(self.indptr, self.indices, ids)
-                out[start - first:stop - first] = rank_positions(self.score_all(model, ids),
-                                                                 targets[start:stop].clamp_min(0), exclude=exclude)
+                block_targets = targets[start:stop].clamp_min(0)
+                if tables is None:
+                    ranks = rank_positions(self.score_all(model, ids), block_targets, exclude=exclude)
+                else:
+                    ranks = dot_rank_positions(tables[0][ids], tables[1], block_targets, exclude=exclude)
+                out[start - first:stop - first] = ranks
         return distributed.gather_rows(out, n)
 
     def candidate_ranks(self, model: Scorer, candidates: torch.Tensor) -> torch.Tensor:

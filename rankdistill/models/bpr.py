@@ -37,6 +37,10 @@ class BPR(Recommender):
         self.user_emb.sparse = self.item_emb.sparse = True
         return [self.user_emb.weight, self.item_emb.weight]
 
+    def embedding_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``score(u, i) = <user_emb[u], item_emb[i]>`` (see ``rankdistill.scoring.Scorer``)."""
+        return self.user_emb.weight, self.item_emb.weight
+
     def _score_all_block(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_emb(users) @ self.item_emb.weight.T
 
