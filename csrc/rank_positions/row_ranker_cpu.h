@@ -58,7 +58,6 @@ class TargetIndex {
   void build(const float* target_scores, const int64_t* target_cols, int n, float low, float high,
              int64_t scores_in_range, std::vector<int64_t>& order) {
     low_ = low;
-    high_ = high;
     // Each bucket costs a little per row; each score that shares a bucket
     // with a target costs a search, and about n / buckets of the scores in
     // range do: the sum is least near sqrt(scores_in_range * n) buckets (a
@@ -66,7 +65,7 @@ class TargetIndex {
     const double balance = std::sqrt(2.0 * static_cast<double>(scores_in_range) * n);
     int num_buckets = 16;
     while (num_buckets < balance && num_buckets < (1 << 16)) num_buckets <<= 1;
-    const float span = high_ - low_;
+    const float span = high - low_;
     const bool spread = std::isfinite(span) && span > 0.0f;
     scale_ = spread ? static_cast<float>(num_buckets) / span : 0.0f;
     // An infinite or empty span leaves one bucket: a plain binary search. So
@@ -109,8 +108,6 @@ class TargetIndex {
     }
   }
 
-  float lowest() const { return low_; }
-  float highest() const { return high_; }
   int num_buckets() const { return last_bucket_ + 1; }
   // The targets of bucket b: positions [begin(b), end(b)) of the ranking order.
   int begin(int b) const { return starts_[b + 1]; }
@@ -135,7 +132,7 @@ class TargetIndex {
   }
 
  private:
-  float low_ = 0.0f, high_ = 0.0f, scale_ = 0.0f;
+  float low_ = 0.0f, scale_ = 0.0f;
   int last_bucket_ = 0;
   std::vector<int> starts_, cursor_, target_bucket_;
   std::vector<std::pair<uint64_t, int64_t>> keyed_;
