@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .blocks import csr_rows, row_blocks
+from .blocks import csr_rows, non_finite_rows, row_blocks
 from .errors import ConfigError, TrainingDiverged
 from .io import atomic_open
 from .models import Recommender
@@ -184,12 +184,12 @@ class Evaluator:
         if self.protocol == "sampled":
             candidates = torch.as_tensor(self.split.candidates(part)[start:stop], device=device)
             scores = model.score_items(users, torch.cat([targets[:, None], candidates], dim=1))
-            non_finite = (~torch.isfinite(scores).all(dim=1)).long()
+            non_finite = non_finite_rows(scores)
             return sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates), non_finite
         batch_indptr, batch_indices = (torch.as_tensor(a, device=device)
                                        for a in csr_rows(*self._excluded(part), start, stop))
         scores = model.score_all(users)
-        non_finite = (~torch.isfinite(scores).all(dim=1)).long()
+        non_finite = non_finite_rows(scores)
         if bool(non_finite.any()):  # rank_positions would refuse NaN: report it in the evaluation's words
             return torch.zeros_like(targets), non_finite
         return rank_positions(scores, targets[:, None], exclude=(batch_indptr, batch_indices))[:, 0], non_finite

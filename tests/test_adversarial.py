@@ -458,3 +458,23 @@ def test_relaxed_listmle_padding_and_nan(device, case, poison):
     assert torch.isnan(loss[row])
     others = torch.arange(loss.shape[0]) != row
     assert torch.equal(loss[others], clean[0][others])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.sampled_from(DTYPES),
+       st.lists(st.tuples(st.integers(0, 5), st.integers(0, 8),
+                          st.sampled_from([float("nan"), INF, -INF, FLT_MAX, -0.0, 2.0**-149])), max_size=4),
+       st.booleans())
+def test_finiteness_checks_agree_with_isfinite(rows, cols, dtype, poison, transpose):
+    """blocks.all_finite / non_finite_rows (the cheap aminmax checks that keep
+    a NaN or infinite teacher or model out of rankings and evaluation) say
+    exactly what torch.isfinite says, for any poison, dtype and layout."""
+    from rankdistill.blocks import all_finite, non_finite_rows
+    values = torch.randn(cols, rows).T if transpose else torch.randn(rows, cols)
+    for row, col, value in poison:
+        values[row % rows, col % cols] = value
+    values = values.to(dtype)
+    expected_rows = (~torch.isfinite(values).all(dim=1)).long()
+    assert all_finite(values) == bool(torch.isfinite(values).all())
+    assert torch.equal(non_finite_rows(values), expected_rows)
+    assert all_finite(values[:0])

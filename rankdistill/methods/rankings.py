@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 from .. import distributed
-from ..blocks import block_rows, csr_rows, row_blocks
+from ..blocks import all_finite, block_rows, csr_rows, row_blocks
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
 from ..progress import bar
@@ -77,7 +77,7 @@ def _masked_rows(score_rows, start: int, stop: int, indptr: torch.Tensor, indice
     if tuple(scores.shape) != (stop - start, n_cols):
         raise ConfigError(f"the teacher's scores of {stop - start} rows x {n_cols} columns came as "
                           f"{list(scores.shape)}")
-    if not bool(torch.isfinite(scores).all()):  # topk would rank NaN first
+    if not all_finite(scores):  # topk would rank NaN first
         raise TrainingDiverged(f"the teacher's scores of rows {start}..{stop - 1} are NaN or infinite: "
                                "its rankings would be garbage (a diverged or corrupted teacher)")
     local_indptr, local_indices = csr_rows(indptr, indices, start, stop)

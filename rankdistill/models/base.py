@@ -90,7 +90,8 @@ class Recommender(nn.Module):
     def _in_blocks(self, score_block, ids: torch.Tensor, width: int, cost_per_id: int) -> torch.Tensor:
         if len(ids) == 0:
             return torch.empty((0, width), device=self.device)
-        return torch.cat([score_block(ids[start:stop]) for start, stop in row_blocks(len(ids), cost_per_id)])
+        blocks = [score_block(ids[start:stop]) for start, stop in row_blocks(len(ids), cost_per_id)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)  # cat copies even one block
 
     def user_representation(self, users: torch.Tensor) -> torch.Tensor:
         """``[B, d]``: what a representation distillation method (DE) matches."""
