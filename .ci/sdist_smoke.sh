@@ -111,6 +111,10 @@ version="$("$VENV/bin/rankdistill" --version)"
 expected="rankdistill $(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$REPO/rankdistill/__init__.py")"
 [[ "$version" == "$expected" ]] || fail "rankdistill --version said '$version', expected '$expected'"
 log "rankdistill --version: $version"
+# the recipes are package data: an install without them would offer no --recipe
+teacher_help="$("$VENV/bin/rankdistill" teacher --help)"
+[[ "$teacher_help" == *"--recipe {papers}"* ]] || fail "rankdistill teacher has no --recipe papers"
+log "rankdistill teacher --recipe papers: offered"
 
 log "rankdistill demo --epochs 2 --out $RUN/demo --no-progress"
 start=$SECONDS

@@ -105,6 +105,11 @@ def _cutoffs(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
 
 
+def _metric_names(text: str) -> tuple[str, ...]:
+    """Comma-separated metric names; empty: none (a run's config.toml writes no names as [])."""
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -212,8 +217,11 @@ def _train_options() -> argparse.ArgumentParser:
                        help="sampled negatives per positive per epoch (default: 1)")
     group.add_argument("--eval-every", type=_positive_int, default=1, help="validate every E epochs (default: 1)")
     group.add_argument("--patience", type=_positive_int, default=10,
-                       help="stop after this many validations without a better H@5 (default: 10)")
+                       help="stop after this many validations without a better --metric (default: 10)")
     group.add_argument("--metric", default="H@5", help="model selection metric (default: H@5)")
+    group.add_argument("--patience-metrics", type=_metric_names, default=(), metavar="M1,M2,...",
+                       help="validation metrics whose improvement also restarts the patience, e.g. H@5,H@10,H@20 "
+                            "as in the papers' code (default: --metric's only)")
     group.add_argument("--seed", type=_seed, default=0, help="training seed: initialisation, shuffling, negatives")
     group.add_argument("--out", type=Path, help="run folder (default: runs/ROLE-MODEL-dDIM)")
     group.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -264,22 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
                                "[options] for -o); the command line overrides it. Runs write theirs to "
                                f"OUT/{config_file.RUN_CONFIG}")
 
-    train = commands.add_parser("train", parents=[common, settings, data, evaluation, training],
+    recipe = _Parser(add_help=False)
+    recipe.add_argument("--recipe", choices=config_file.RECIPES,
+                        help="start from a documented set of training options: papers = the DE-RRD and DCD "
+                             "authors' code (1,000 epochs, patience 20 on any of H@5/H@10/H@20, their weight "
+                             "decay; docs/training.md); --config and the command line override it")
+    # not tune's: its trials take their options from the command line and --grid
+    trained = _Parser(add_help=False, parents=[recipe, training])
+    train = commands.add_parser("train", parents=[common, settings, data, evaluation, trained],
                                 help="train a teacher or a plain student")
     train.add_argument("--role", choices=sorted(DEFAULT_DIMS), default="student", help="default: student")
     train.set_defaults(func=cmd_train)
     for role in DEFAULT_DIMS:
-        alias = commands.add_parser(role, parents=[common, settings, data, evaluation, training],
+        alias = commands.add_parser(role, parents=[common, settings, data, evaluation, trained],
                                     help=f"same as: train --role {role}")
         alias.set_defaults(func=cmd_train, role=role)
 
-    distill = commands.add_parser("distill", parents=[common, settings, data, evaluation, training,
+    distill = commands.add_parser("distill", parents=[common, settings, data, evaluation, trained,
                                                       _teacher_options()],
                                   help="distil a student from a trained teacher with one method")
     distill.add_argument("--method", choices=list(METHODS), default="dcd", help="default: dcd")
     distill.set_defaults(func=cmd_distill, role="student")
 
-    compare = commands.add_parser("compare", parents=[common, settings, data, evaluation, training,
+    compare = commands.add_parser("compare", parents=[common, settings, data, evaluation, trained,
                                                       _teacher_options()],
                                   help="several methods x seeds on one split and teacher: table, tests, figure")
     compare.add_argument("--methods", type=_names, default=["student", "rrd", "dcd"],
@@ -461,7 +476,8 @@ def _train_config(args: argparse.Namespace, seed: int | None = None) -> TrainCon
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        l2=args.l2, optimizer=args.optimizer, data_parallel=args.data_parallel,
                        n_negatives=args.negatives, eval_every=args.eval_every, patience=args.patience,
-                       metric=args.metric, protocol=args.protocol, cutoffs=_cutoffs_for(args),
+                       metric=args.metric, patience_metrics=args.patience_metrics, protocol=args.protocol,
+                       cutoffs=_cutoffs_for(args),
                        eval_batch_size=args.eval_batch_size, seed=args.seed if seed is None else seed,
                        device=args.device, progress=False if args.no_progress else None)
 

@@ -1,5 +1,9 @@
 """Configuration files: ``--config FILE.toml`` and a run folder's ``config.toml``.
 
+``--recipe NAME`` starts from a documented configuration shipped with
+rankdistill (``rankdistill/recipes/NAME.toml``; ``papers``: the DE-RRD and DCD
+authors' training recipe); ``--config`` and the command line override it.
+
 A configuration file holds a command's flags as TOML keys, spelt like the flag
 without its dashes, with ``-`` or ``_`` (``weight_decay = 1e-6``, ``lr =
 1e-3``, ``data = "ratings.csv"``, ``columns = ["user", "item", "rating"]``,
@@ -45,7 +49,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["RUN_CONFIG", "RunConfig", "apply_config_file", "dumps", "read_toml"]
+__all__ = ["RECIPES", "RUN_CONFIG", "RunConfig", "apply_config_file", "dumps", "read_toml", "recipe_path"]
 
 log = logging.getLogger("rankdistill")
 
@@ -56,11 +60,21 @@ _OPTION_DEST = "option"
 # Flags that say how to run, not what: never written to a run's config.toml.
 NOT_RECORDED = ("config", "resume", "overwrite", "no_progress", "quiet")
 # Flags whose value is a comma-separated list: a TOML array is accepted too.
-LIST_FLAGS = ("cutoffs", "seeds", "methods", "columns")
+LIST_FLAGS = ("cutoffs", "seeds", "methods", "columns", "patience_metrics")
+# The recipes of --recipe: TOML files in rankdistill/recipes.
+_RECIPE_FOLDER = Path(__file__).resolve().parent / "recipes"
+RECIPES = tuple(sorted(path.stem for path in _RECIPE_FOLDER.glob("*.toml")))
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # ---------------------------------------------------------------- reading
+
+def recipe_path(name: str) -> Path:
+    """The TOML file of recipe ``name`` (one of ``RECIPES``)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    return _RECIPE_FOLDER / f"{name}.toml"
+
 
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     """The TOML file at ``path`` as a dict; a ``ConfigError`` naming the file
@@ -126,25 +140,30 @@ class _PreParser(argparse.ArgumentParser):
 def apply_config_file(parser: argparse.ArgumentParser,
                       argv: Sequence[str]) -> tuple[str, argparse.ArgumentParser] | None:
     """Before ``parser.parse_args(argv)``: when ``argv``'s command has
-    ``--config FILE``, make the file's values that command's defaults (so that
-    the command line overrides them), checked like the flags. Returns the
-    command and its parser (None when ``argv`` has no known command)."""
+    ``--recipe NAME`` or ``--config FILE``, make the recipe's values, then the
+    file's, that command's defaults (so that the command line overrides them),
+    checked like the flags. Returns the command and its parser (None when
+    ``argv`` has no known command)."""
     found = _command(parser, argv)
     if found is None:
         return None
     name, sub = found
-    if not any(action.dest == "config" for action in sub._actions):
-        return found
+    dests = {action.dest for action in sub._actions}
     pre = _PreParser(add_help=False)
     pre.add_argument("--config")
+    pre.add_argument("--recipe")
     try:
         known, _ = pre.parse_known_args(list(argv[list(argv).index(name) + 1:]))
     except _PreParseError:
         return found  # e.g. --config without a value: the full parse says so
-    if known.config is None:
-        return found
-    path = Path(known.config)
-    values = config_values(read_toml(path), sub, name, path, _subparsers(parser))
+    sources = []
+    if known.recipe is not None and "recipe" in dests and known.recipe in RECIPES:  # else the full parse says so
+        sources.append(recipe_path(known.recipe))
+    if known.config is not None and "config" in dests:
+        sources.append(Path(known.config))
+    values: dict[str, Any] = {}
+    for path in sources:
+        values.update(config_values(read_toml(path), sub, name, path, _subparsers(parser)))
     for action in sub._actions:
         if action.dest in values and action.required:
             action.required = False  # given by the file

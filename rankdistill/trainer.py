@@ -10,7 +10,8 @@ one optimizer step (Adam by default; ``optimizer=`` replaces it), a validation
 every ``eval_every`` epochs and an atomic checkpoint. Early stopping: every
 trained model (the student and the method's co-trained ones, BD's teacher) has
 a ``BestTracker`` on ``metric`` (H@5); the run stops once all have gone
-``patience`` validations without improving. At the end each model's best
+``patience`` validations without improving (in ``metric`` or, if given, in
+any of ``patience_metrics``). At the end each model's best
 validation epoch is tested and saved (``best.pt``, ``NAME.pt``) and summarised
 (``results.json``, per-user test values in ``test_per_user.npz``).
 
@@ -127,7 +128,10 @@ class TrainConfig:
     n_negatives: int = 1  # sampled unobserved items per positive per epoch
     eval_every: int = 1
     patience: int = 10  # evaluations without improvement before stopping
-    metric: str = "H@5"
+    metric: str = "H@5"  # selects the best model
+    # Validation metrics whose improvement also restarts the patience (the
+    # papers' code: any of H@5, H@10, H@20); the best model is still `metric`'s.
+    patience_metrics: tuple[str, ...] = ()
     protocol: str = "sampled"
     cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
     eval_batch_size: int = 256
@@ -156,45 +160,64 @@ class TrainConfig:
             raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if self.metric not in metric_names(self.cutoffs):
             raise ConfigError(f"selection metric {self.metric!r} is not one of {', '.join(metric_names(self.cutoffs))}")
+        self.patience_metrics = tuple(str(name) for name in self.patience_metrics)
+        unknown = [name for name in self.patience_metrics if name not in metric_names(self.cutoffs)]
+        if unknown:
+            raise ConfigError(f"patience metric(s) {', '.join(map(repr, unknown))} not among the validation metrics "
+                              f"{', '.join(metric_names(self.cutoffs))}")
         check_device(self.device)
 
 
 class BestTracker:
     """Model selection on one validation metric: the best epoch so far, its
     metrics and a copy of the model's state, and how many validations have
-    passed since it (early stopping).
+    passed since the last improvement (early stopping).
 
     ``period``: the method's ``stopping_period`` (DCD: its correction period).
     Only the first validation of each period counts towards the patience, so
     the patience is counted in periods, whatever the phase at which the
-    metric peaks within one; every validation may still become the best."""
+    metric peaks within one; every validation may still become the best.
+    ``patience_metrics``: an improvement of any of these over its own best so
+    far also restarts the patience (the best model stays ``metric``'s)."""
 
-    def __init__(self, metric: str, period: int = 1) -> None:
+    def __init__(self, metric: str, period: int = 1, patience_metrics: Iterable[str] = ()) -> None:
         self.metric = metric
         self.period = period
+        self.patience_metrics = tuple(patience_metrics)
         self.best: dict[str, Any] | None = None  # {"epoch", "valid", "state"}
         self.bad_evals = 0  # validations (periods) without improvement that count towards the patience
         self._counted_period = 0
+        self._best_values: dict[str, float] = {}  # of metric and patience_metrics
 
     def update(self, epoch: int, valid: dict[str, float], model: torch.nn.Module) -> bool:
         """Record the validation after epoch ``epoch`` (from 1); True if it is
         the best so far (its state is kept)."""
-        if self.best is None or valid[self.metric] > self.best["valid"][self.metric]:
+        improved = False
+        for name in dict.fromkeys((self.metric, *self.patience_metrics)):
+            if name not in self._best_values or valid[name] > self._best_values[name]:
+                self._best_values[name] = valid[name]
+                improved = True
+        is_best = self.best is None or valid[self.metric] > self.best["valid"][self.metric]
+        if is_best:
             self.best = {"epoch": epoch, "valid": valid, "state": copy.deepcopy(model.state_dict())}
+        if improved:
             self.bad_evals = 0
             self._counted_period = epoch // self.period
-            return True
-        if epoch // self.period > self._counted_period:  # a period ended since the last one counted
+        elif epoch // self.period > self._counted_period:  # a period ended since the last one counted
             self._counted_period = epoch // self.period
             self.bad_evals += 1
-        return False
+        return is_best
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_evals": self.bad_evals, "counted_period": self._counted_period}
+        return {"best": self.best, "bad_evals": self.bad_evals, "counted_period": self._counted_period,
+                "best_values": dict(self._best_values)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
         self._counted_period = state["counted_period"]
+        # checkpoints from before patience_metrics: the selection metric's best only
+        fallback = {} if self.best is None else {self.metric: self.best["valid"][self.metric]}
+        self._best_values = dict(state.get("best_values", fallback))
 
 
 @dataclass
@@ -280,7 +303,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         # model selection of the student and of each model the method co-trains
         self.models: dict[str, torch.nn.Module] = {"model": self.model, **self.method.co_trained()}
-        self.trackers = {name: BestTracker(self.config.metric, self.method.stopping_period) for name in self.models}
+        self.trackers = {name: BestTracker(self.config.metric, self.method.stopping_period, self.config.patience_metrics)
+                         for name in self.models}
         self.stopped_early = False
         self.resumes: list[dict[str, Any]] = []  # options changed at each resume
         self._diagnostics_noted = False
@@ -650,9 +674,12 @@ class Trainer:
         saved_info = state["info"] if isinstance(state["info"], dict) else {}
         expected = {"model": self.model.config(), "split": self.split.identity(), "method": self.method.name}
         found = {"model": state["config"], "split": state["split"], "method": state["method_name"]}
+        # an option newer than the checkpoint had its default there
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         for key, value in dataclasses.asdict(self.config).items():
             if key not in RESUME_MAY_CHANGE and key not in _RESUME_IRRELEVANT:
-                expected[key], found[key] = _plain(value), _plain(state["train_config"].get(key))
+                expected[key] = _plain(value)
+                found[key] = _plain(state["train_config"].get(key, defaults.get(key)))
         for key in sorted(set(self.info) | set(saved_info)):
             if key not in _INFO_LOCATIONS and key not in expected:
                 expected[key], found[key] = _plain(self.info.get(key)), _plain(saved_info.get(key))

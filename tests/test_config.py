@@ -235,6 +235,46 @@ def test_a_missing_config_file_and_one_for_another_command(capsys, tmp_path):
     assert "unknown key 'seeds' for `rankdistill train` (an option of compare)" in line
 
 
+def test_the_papers_recipe_is_read_under_the_config_file_and_the_command_line(capsys, tmp_path, users_dat):
+    """--recipe papers: the authors' options (read from the shipped TOML, not
+    restated here) become the defaults; --config overrides them, and the
+    command line overrides both. The run records the effective values."""
+    with open(config.recipe_path("papers"), "rb") as f:
+        recipe = tomllib.load(f)
+    assert recipe["epochs"] == 1000 and recipe["patience"] == 20
+    assert recipe["weight_decay"] == 1e-3 / recipe["batch_size"]  # their 1e-3 on a summed loss
+    settings_file = toml_file(tmp_path / "mine.toml", "patience = 7\n")
+    out = tmp_path / "run"
+    code, _, _ = run(capsys, "student", "--data", users_dat, "--recipe", "papers", "--config", settings_file,
+                     "--epochs", "2", "--eval-candidates", "50", "--out", out, *QUIET)
+    assert code == 0
+    train = results(out)["train_config"]
+    assert (train["epochs"], train["patience"]) == (2, 7)
+    assert train["weight_decay"] == recipe["weight_decay"] and train["batch_size"] == recipe["batch_size"]
+    assert train["patience_metrics"] == recipe["patience_metrics"] == ["H@5", "H@10", "H@20"]
+    written = run_config(out)
+    assert written["recipe"] == "papers" and written["patience_metrics"] == recipe["patience_metrics"]
+
+
+@pytest.mark.parametrize("command", ["train", "teacher", "student", "distill", "compare"])
+def test_every_training_command_takes_the_papers_recipe(command):
+    parser = cli.build_parser()
+    argv = [command, "--recipe", "papers", "--patience", "3"]
+    argv += ["--teacher", "teacher.pt"] if command in ("distill", "compare") else []
+    config.apply_config_file(parser, argv)
+    args = parser.parse_args(argv)
+    assert (args.epochs, args.patience, args.weight_decay) == (1000, 3, 9.765625e-07)
+    assert args.patience_metrics == ("H@5", "H@10", "H@20")
+
+
+def test_an_unknown_recipe_names_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["teacher", "--recipe", "paper"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --recipe: invalid choice: 'paper' (choose from " in err
+    assert "papers" in err.splitlines()[-1]
+
+
 def test_without_a_toml_reader_the_error_says_what_to_install(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "tomllib", None)  # Python 3.10 without tomli
     line = run_error(capsys, "train", "--config", toml_file(tmp_path / "c.toml", "dim = 4\n"))

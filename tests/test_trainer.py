@@ -85,6 +85,24 @@ def test_resume_refuses_a_different_run(split, tmp_path):
         Trainer(new_model(split), split, config(epochs=4, lr=0.5), out_dir=tmp_path).fit(resume=True)
 
 
+def test_a_checkpoint_from_before_patience_metrics_resumes(split, tmp_path):
+    """A checkpoint written before TrainConfig had patience_metrics (no such
+    key, no tracker bests) resumes as a run with the default; a run with
+    patience metrics is refused, since it would stop differently."""
+    Trainer(new_model(split), split, config(epochs=2), out_dir=tmp_path).fit()
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["train_config"]["patience_metrics"]
+    for tracker in state["trackers"].values():
+        del tracker["best_values"]
+    torch.save(state, path)
+    resumed = Trainer(new_model(split), split, config(epochs=3), out_dir=tmp_path).fit(resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    with pytest.raises(ConfigError, match="patience_metrics"):
+        Trainer(new_model(split), split, config(epochs=4, patience_metrics=("H@10",)),
+                out_dir=tmp_path).fit(resume=True)
+
+
 class Recorder(Distillation):
     """Adds a weighted penalty with its own trainable parameter and records calls."""
 
@@ -344,6 +362,37 @@ def test_patience_counts_periods_of_the_method():
     # the period ends 50, 55, 60 counted after the last best: three, below the patience
     assert by_period.best["epoch"] == 46 and by_period.bad_evals == 3
     assert [e for e in curve if e % 15 == 1] == [1, 16, 31, 46]
+
+
+def test_patience_metrics_restart_the_patience_but_do_not_choose_the_model():
+    """The papers' stopping rule: a validation where any of H@5, H@10, H@20
+    improves restarts the patience; the model kept is still H@5's best."""
+    model = torch.nn.Linear(1, 1)
+    # H@5 peaks at epoch 2; H@10 keeps creeping up until epoch 6, H@20 once more at epoch 8
+    h5 = [0.30, 0.40, 0.39, 0.38, 0.38, 0.37, 0.37, 0.36, 0.36, 0.36]
+    h10 = [0.50, 0.55, 0.56, 0.57, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58]
+    h20 = [0.70, 0.72, 0.72, 0.72, 0.72, 0.72, 0.72, 0.73, 0.73, 0.73]
+    plain, any_of = BestTracker("H@5"), BestTracker("H@5", patience_metrics=("H@5", "H@10", "H@20"))
+    bad = {"plain": [], "any": []}
+    for epoch, values in enumerate(zip(h5, h10, h20), start=1):
+        valid = dict(zip(("H@5", "H@10", "H@20"), values))
+        for name, tracker in (("plain", plain), ("any", any_of)):
+            tracker.update(epoch, valid, model)
+            bad[name].append(tracker.bad_evals)
+    assert bad["plain"] == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    # restarted by H@10 at epochs 3, 4, 6 and by H@20 at epoch 8 (equal values are no improvement)
+    assert bad["any"] == [0, 0, 0, 0, 1, 0, 1, 0, 1, 2]
+    assert plain.best["epoch"] == any_of.best["epoch"] == 2
+    # a checkpoint's tracker carries the bests of every patience metric
+    restored = BestTracker("H@5", patience_metrics=("H@5", "H@10", "H@20"))
+    restored.load_state_dict(any_of.state_dict())
+    restored.update(11, {"H@5": 0.36, "H@10": 0.58, "H@20": 0.73}, model)
+    assert restored.bad_evals == 3
+
+
+def test_patience_metrics_must_be_validation_metrics():
+    with pytest.raises(ConfigError, match="patience metric.*'H@50'.*not among the validation metrics"):
+        TrainConfig(patience_metrics=("H@5", "H@50"))
 
 
 def test_lazy_adam_moves_only_the_rows_a_batch_touches(split):
