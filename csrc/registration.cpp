@@ -44,12 +44,16 @@ TORCH_LIBRARY(rankdistill, m) {
   m.def(
       "dot_rank_positions(Tensor row_embeddings, Tensor col_embeddings, Tensor targets, "
       "Tensor? exclude_indptr, Tensor? exclude_indices) -> Tensor");
+  // Each row's k best columns of row_embeddings @ col_embeddings.T, without the score matrix.
   m.def(
-      "weighted_sample(Tensor weights, int k, bool sorted, Generator? generator) -> Tensor",
+      "dot_top_columns(Tensor row_embeddings, Tensor col_embeddings, int k, "
+      "Tensor? exclude_indptr, Tensor? exclude_indices) -> Tensor");
+  m.def(
+      "weighted_sample(Tensor weights, int k, bool sorted, Generator? generator, int first_row=0) -> Tensor",
       {at::Tag::nondeterministic_seeded});
   m.def(
       "discrepancy_sample(Tensor student_rank, Tensor teacher_rank, int k, float mu, "
-      "bool under, bool sorted, Generator? generator) -> Tensor",
+      "bool under, bool sorted, Generator? generator, int first_row=0) -> Tensor",
       {at::Tag::nondeterministic_seeded});
   // Returns the per-row loss and the per-entry denominators D_k, which the
   // backward reads instead of recomputing.

@@ -18,7 +18,8 @@ import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.rankdistill)
 
-__all__ = ["rank_positions", "dot_rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle"]
+__all__ = ["rank_positions", "dot_rank_positions", "dot_top_columns", "weighted_sample", "discrepancy_sample",
+           "relaxed_listmle"]
 
 _ops = torch.ops.rankdistill
 _REDUCTIONS = ("mean", "sum", "none")
@@ -36,16 +37,16 @@ def _exclude_arrays(exclude):
     return indptr, indices
 
 
-def _sample_size(k) -> int:
+def _sample_size(k, name: str = "k") -> int:
     """``k`` as an int: Python and NumPy integers and 0-d integer tensors pass,
     floats and bools do not (``int(k)`` would truncate 2.5 silently)."""
     is_tensor = isinstance(k, torch.Tensor)
     if isinstance(k, bool) or (is_tensor and (k.dim() != 0 or k.dtype == torch.bool)):
-        raise TypeError(f"k must be an integer, got {k!r}")
+        raise TypeError(f"{name} must be an integer, got {k!r}")
     try:
         return operator.index(k)
     except TypeError:
-        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}") from None
+        raise TypeError(f"{name} must be an integer, got {type(k).__name__} {k!r}") from None
 
 
 def rank_positions(
@@ -129,12 +130,51 @@ def dot_rank_positions(
     return _ops.dot_rank_positions(row_embeddings.detach(), col_embeddings.detach(), targets, indptr, indices)
 
 
+def dot_top_columns(
+    row_embeddings: torch.Tensor,
+    col_embeddings: torch.Tensor,
+    k: int,
+    *,
+    exclude: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """Each row's ``k`` best columns of ``row_embeddings @ col_embeddings.T``,
+    best first, without building the score matrix (a teacher's top-C lists).
+
+    Columns are ordered as ``rank_positions`` ranks them (score descending,
+    compared in float32; ties by column index, ascending); the ``exclude``d
+    columns of a row are left out, and a row with fewer than ``k`` other
+    columns is padded with -1. On the CPU each thread scores a block of rows
+    (at most 2^18 scores, one matrix product) into its own buffer and keeps
+    each row's best by a threshold scan (one comparison per score, against
+    the ``k``-th best so far); on CUDA blocks of at most 2^24 scores are
+    keyed and selected by ``topk``.
+
+    Args:
+        row_embeddings: float32 or float64 ``[B, d]``.
+        col_embeddings: ``[N, d]``, the same dtype and device.
+        k: columns per row, an integer >= 0 (it may exceed ``N``: padding).
+        exclude: optional CSR pair ``(indptr [B+1], indices [nnz])``, int64,
+            of the columns left out of each row.
+
+    Returns:
+        int64 ``[B, k]``.
+
+    Raises TypeError for a non-integer ``k`` or embeddings that are not
+    float32/float64 or differ in dtype, ValueError for a negative ``k``,
+    different dimensions or NaN scores, IndexError for an excluded column out
+    of range. Infinite scores are ordered like any other.
+    """
+    indptr, indices = _exclude_arrays(exclude)
+    return _ops.dot_top_columns(row_embeddings.detach(), col_embeddings.detach(), _sample_size(k), indptr, indices)
+
+
 def weighted_sample(
     weights: torch.Tensor,
     k: int,
     *,
     generator: Optional[torch.Generator] = None,
     sorted: bool = True,
+    first_row: int = 0,
 ) -> torch.Tensor:
     """Draw ``k`` distinct columns per row, without replacement, by weight.
 
@@ -157,6 +197,11 @@ def weighted_sample(
             global one, so ``torch.manual_seed`` makes runs reproducible).
         sorted: return each row's columns in ascending order (padding last);
             otherwise in the order they were drawn.
+        first_row: row ``b`` draws the random numbers of row
+            ``first_row + b``: blocks of a matrix's rows (in one process or
+            several), each drawn with ``first_row`` = its first row and a
+            generator in the same state (e.g. ``torch.Generator().manual_seed(s)``
+            for each block), draw exactly what the whole matrix draws with it.
 
     Returns:
         int64 ``[B, k]``.
@@ -165,7 +210,8 @@ def weighted_sample(
     non-float dtype, ValueError for a negative, infinite or NaN weight, ``k``
     out of range or a wrong shape.
     """
-    return _ops.weighted_sample(weights, _sample_size(k), bool(sorted), generator)
+    return _ops.weighted_sample(weights, _sample_size(k), bool(sorted), generator,
+                                _sample_size(first_row, "first_row"))
 
 
 def discrepancy_sample(
@@ -177,6 +223,7 @@ def discrepancy_sample(
     direction: str,
     generator: Optional[torch.Generator] = None,
     sorted: bool = True,
+    first_row: int = 0,
 ) -> torch.Tensor:
     """DCD's sampler: ``weighted_sample`` of rank-discrepancy weights, fused.
 
@@ -194,12 +241,13 @@ def discrepancy_sample(
             ``k`` positive weights are padded with -1.
         mu: positive scale of the discrepancy.
         direction: ``"under"`` or ``"over"``.
-        generator, sorted: as in :func:`weighted_sample`.
+        generator, sorted, first_row: as in :func:`weighted_sample`.
     """
     if direction not in _DIRECTIONS:
         raise ValueError(f"direction must be 'under' or 'over', got {direction!r}")
     return _ops.discrepancy_sample(
-        student_rank, teacher_rank, _sample_size(k), float(mu), direction == "under", bool(sorted), generator
+        student_rank, teacher_rank, _sample_size(k), float(mu), direction == "under", bool(sorted), generator,
+        _sample_size(first_row, "first_row"),
     )
 
 
@@ -257,13 +305,18 @@ def _dot_rank_positions_fake(row_embeddings, col_embeddings, targets, exclude_in
     return row_embeddings.new_empty((row_embeddings.shape[0], targets.shape[1]), dtype=torch.long)
 
 
+@torch.library.register_fake("rankdistill::dot_top_columns")
+def _dot_top_columns_fake(row_embeddings, col_embeddings, k, exclude_indptr, exclude_indices):
+    return row_embeddings.new_empty((row_embeddings.shape[0], k), dtype=torch.long)
+
+
 @torch.library.register_fake("rankdistill::weighted_sample")
-def _weighted_sample_fake(weights, k, sorted, generator):
+def _weighted_sample_fake(weights, k, sorted, generator, first_row=0):
     return weights.new_empty((weights.shape[0], k), dtype=torch.long)
 
 
 @torch.library.register_fake("rankdistill::discrepancy_sample")
-def _discrepancy_sample_fake(student_rank, teacher_rank, k, mu, under, sorted, generator):
+def _discrepancy_sample_fake(student_rank, teacher_rank, k, mu, under, sorted, generator, first_row=0):
     return student_rank.new_empty((student_rank.shape[0], k), dtype=torch.long)
 
 

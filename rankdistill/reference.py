@@ -12,7 +12,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["rank_positions", "dot_rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle"]
+__all__ = ["rank_positions", "dot_rank_positions", "dot_top_columns", "weighted_sample", "discrepancy_sample",
+           "relaxed_listmle"]
 
 
 def rank_positions(
@@ -50,6 +51,29 @@ def dot_rank_positions(
 ) -> torch.Tensor:
     """The whole score matrix, then ``rank_positions`` (see ``ops.dot_rank_positions``)."""
     return rank_positions(row_embeddings @ col_embeddings.T, targets, exclude=exclude)
+
+
+def dot_top_columns(
+    row_embeddings: torch.Tensor,
+    col_embeddings: torch.Tensor,
+    k: int,
+    *,
+    exclude: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """The whole score matrix ranked by ``rank_positions`` (float32, ties by
+    column), then the ``k`` first non-excluded columns of each row, -1 padded
+    (see ``ops.dot_top_columns``)."""
+    scores = row_embeddings @ col_embeddings.T
+    n_rows, n_cols = scores.shape
+    ranks = rank_positions(scores)  # every column's position, ties by column
+    if exclude is not None:
+        indptr, indices = exclude
+        rows = torch.repeat_interleave(torch.arange(n_rows, device=scores.device), indptr.diff())
+        ranks[rows, indices] = n_cols  # after every kept column
+    order = ranks.argsort(dim=1, stable=True)  # columns by position; excluded last, by column
+    best = order[:, :k]
+    best = best.masked_fill(ranks.gather(1, best) == n_cols, -1)
+    return torch.cat([best, best.new_full((n_rows, max(0, k - n_cols)), -1)], dim=1)
 
 
 def _check_weights(weights: torch.Tensor, k: int) -> None:

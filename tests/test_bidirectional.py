@@ -151,6 +151,31 @@ def test_ibd_round_keeps_uncorrected_items_apart_from_the_new_sample(split, teac
         assert torch.equal((both >= 0).sum(1), (new >= 0).sum(1) + (kept >= 0).sum(1))
 
 
+def test_a_round_is_the_same_in_blocks_of_any_size(split, teacher, monkeypatch):
+    """A user's draws depend on the round's seeds and the user alone: blocks
+    of 7 users (as a process's share, or a smaller memory budget, splits
+    them) draw what one block of all users draws, over two iBD rounds."""
+    from rankdistill import blocks
+
+    def two_rounds():
+        method, refresh = started(split, teacher, "ibd", samples=6, retain=4, update_every=2)
+        refresh(0)
+        with torch.no_grad():
+            for p in method.student.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        refresh(2)
+        return method.sets, dict(method._log)
+
+    whole_sets, whole_log = two_rounds()
+    monkeypatch.setattr(blocks, "SCORE_ALL_BUDGET", 7 * 4 * split.n_items)
+    block_sets, block_log = two_rounds()
+    for d in ("ts", "st"):
+        assert whole_sets[d]["retained"].shape[1] == 4 and (whole_sets[d]["retained"] >= 0).any()
+        for key in ("new", "retained"):
+            assert torch.equal(block_sets[d][key], whole_sets[d][key])
+    assert block_log == whole_log
+
+
 def test_drop_repeats_keeps_the_first_of_each_column_in_order():
     cols = torch.tensor([[5, 3, 5, -1, 3, 7], [-1, -1, 2, 2, 2, 0]])
     assert drop_repeats(cols).tolist() == [[5, 3, -1, -1, -1, 7], [-1, -1, 2, -1, -1, 0]]

@@ -1,6 +1,6 @@
 """Two processes under torchrun (gloo, CPU) give the one-process results: bit
-for bit the row-sharded teacher rankings, DCD's corrections, RD's ranks,
-evaluation and replicated training; data-parallel training up to the order of
+for bit the row-sharded teacher rankings, DCD's corrections, RD's ranks, BD's
+and iBD's sampling rounds, evaluation and replicated training; data-parallel training up to the order of
 float additions; rank 0 alone writes and speaks."""
 
 import json
@@ -78,15 +78,19 @@ def _same_run(one, two, *, exact=True):
     ("student", ["--data-parallel"], "data-parallel"),
     ("de", ["--data-parallel"], "replicated"),  # its experts draw per batch: every process trains the whole batch
     ("rrd", [], "replicated"),  # the default
+    ("dcd", [], "replicated"),  # corrections drawn by each process for its rows, bit for bit one process's
+    # each process ranks and draws its users' share of every sampling round
+    ("ibd", ["-o", "retain=5", "-o", "update_every=2"], "replicated"),
 ])
 def test_two_processes_train_like_one_process_run(setup, method, options, training):
     folder, users_dat = setup
     args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", method,
             *options, "--top", "40", "--dim", "8", "--epochs", "3", "--lr", "0.01", "--no-progress", "-q"]
-    proc = torchrun(*args, "--out", folder / f"{method}-2", cwd=folder)
+    run = f"{method}-{training}"
+    proc = torchrun(*args, "--out", folder / f"{run}-2", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("saved:") == 1  # rank 0 alone prints
-    assert json.loads((folder / f"{method}-2" / "results.json").read_text())["training"] == training
+    assert json.loads((folder / f"{run}-2" / "results.json").read_text())["training"] == training
     # the teacher's top-40 lists were ranked by two processes and cached: one process ranks them again
     cache = folder / "teacher" / "best-rankings-c40.pt"
     two = torch_load(cache, "rankings cache")
@@ -94,15 +98,15 @@ def test_two_processes_train_like_one_process_run(setup, method, options, traini
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the torchrun processes (OMP_NUM_THREADS=1): the same float summation order
     try:
-        assert main([*map(str, args), "--out", str(folder / f"{method}-1")]) == 0
+        assert main([*map(str, args), "--out", str(folder / f"{run}-1")]) == 0
     finally:
         torch.set_num_threads(threads)
     one = torch_load(cache, "rankings cache")
     assert torch.equal(one["items_of_user"], two["items_of_user"]) and torch.equal(one["users_of_item"],
                                                                                    two["users_of_item"])
-    _same_run(folder / f"{method}-1", folder / f"{method}-2", exact=training == "replicated")
-    assert sorted(p.name for p in (folder / f"{method}-2").iterdir()) == sorted(
-        p.name for p in (folder / f"{method}-1").iterdir())
+    _same_run(folder / f"{run}-1", folder / f"{run}-2", exact=training == "replicated")
+    assert sorted(p.name for p in (folder / f"{run}-2").iterdir()) == sorted(
+        p.name for p in (folder / f"{run}-1").iterdir())
 
 
 @pytest.mark.parametrize("protocol", ["sampled", "full"])

@@ -11,8 +11,8 @@ def opcheck(op, args):
 
 
 def test_visible_under_torch_ops():
-    for name in ("rank_positions", "dot_rank_positions", "weighted_sample", "discrepancy_sample", "relaxed_listmle",
-                 "relaxed_listmle_backward"):
+    for name in ("rank_positions", "dot_rank_positions", "dot_top_columns", "weighted_sample", "discrepancy_sample",
+                 "relaxed_listmle", "relaxed_listmle_backward"):
         assert hasattr(torch.ops.rankdistill, name)
 
 
@@ -35,6 +35,14 @@ def test_opcheck_dot_rank_positions(device):
     opcheck(torch.ops.rankdistill.dot_rank_positions, (rows.double(), cols.double(), targets, None, None))
 
 
+def test_opcheck_dot_top_columns(device):
+    rows, cols = torch.randn(6, 4, device=device), torch.randn(30, 4, device=device)
+    indptr = torch.tensor([0, 2, 2, 3, 5, 5, 6], device=device)
+    indices = torch.tensor([1, 4, 0, 7, 7, 29], device=device)
+    opcheck(torch.ops.rankdistill.dot_top_columns, (rows, cols, 7, indptr, indices))
+    opcheck(torch.ops.rankdistill.dot_top_columns, (rows.double(), cols.double(), 40, None, None))
+
+
 def test_opcheck_samplers(device):
     # Rows with at most k positive weights make the output deterministic, which
     # opcheck needs to compare eager and compiled runs.
@@ -42,6 +50,7 @@ def test_opcheck_samplers(device):
     weights[:, 2] = 1.0
     weights[1:, 5] = 3.0
     opcheck(torch.ops.rankdistill.weighted_sample, (weights, 3, True, None))
+    opcheck(torch.ops.rankdistill.weighted_sample, (weights, 3, True, None, 7))  # first_row
     student = torch.arange(9, device=device).repeat(4, 1)
     teacher = torch.zeros(4, 9, dtype=torch.long, device=device)
     teacher[:, :7] = 100

@@ -379,11 +379,13 @@ def test_ctrl_c_during_a_checkpoint_write_exits_130_cleanly(users_dat, tmp_path)
     assert main([*args, "--resume"]) == 0
 
 
-def test_a_teacher_with_nan_scores_gets_no_rankings(data):
+@pytest.mark.parametrize("as_callable", [False, True])  # its embeddings checked; its blocks of scores checked
+def test_a_teacher_with_nan_scores_gets_no_rankings(data, as_callable):
     # Before: torch.topk ranked the NaN items first, silently.
     split = leave_one_out(data, seed=0, n_candidates=50)
-    with pytest.raises(TrainingDiverged, match="teacher's scores of rows"):
-        compute_rankings(_nan_model(split), split, 20)
+    teacher = _nan_model(split)
+    with pytest.raises(TrainingDiverged, match="the teacher's (scores of rows|embeddings) .*NaN or infinite"):
+        compute_rankings(teacher.score_all if as_callable else teacher, split, 20)
 
 
 def test_a_refused_run_in_a_used_folder_adds_no_file(capsys, users_dat, tmp_path):

@@ -178,6 +178,42 @@ def test_reproducible_and_thread_independent(device):
     assert torch.equal(a, ops.weighted_sample(w.cpu(), 10))
 
 
+@pytest.mark.parametrize("op", ["weighted_sample", "discrepancy_sample"])
+@pytest.mark.parametrize("cols", [50, 3000])  # CUDA: a block per row, and the sort of all keys
+def test_blocks_drawn_from_their_first_row_draw_the_whole_matrix(device, op, cols):
+    """Rows drawn in blocks (as processes draw their shares of a matrix),
+    each with first_row = its first row and a generator seeded alike, draw
+    exactly what the whole matrix draws; without first_row the blocks draw
+    other columns (each block's rows would repeat the first rows' numbers)."""
+    rows = 23
+    if op == "weighted_sample":
+        w = torch.rand(rows, cols, device=device)
+        draw = lambda part, **kw: ops.weighted_sample(w[part], 7, **kw)  # noqa: E731
+    else:
+        student = torch.randint(0, 5 * cols, (rows, cols), device=device)
+        teacher = torch.randint(0, 5 * cols, (rows, cols), device=device)
+        draw = lambda part, **kw: ops.discrepancy_sample(student[part], teacher[part], 7, mu=0.01,  # noqa: E731
+                                                          direction="under", **kw)
+    seeded = lambda: torch.Generator(device).manual_seed(5)  # noqa: E731
+    whole = draw(slice(0, rows), generator=seeded())
+    bounds = [0, 1, 9, 10, 23]
+    blocks = [draw(slice(a, b), generator=seeded(), first_row=a) for a, b in zip(bounds, bounds[1:])]
+    assert torch.equal(torch.cat(blocks), whole)
+    restarted = [draw(slice(a, b), generator=seeded()) for a, b in zip(bounds, bounds[1:])]
+    assert not torch.equal(torch.cat(restarted), whole)
+
+
+def test_first_row_errors(device):
+    w = torch.rand(3, 4, device=device)
+    with pytest.raises(ValueError, match="first_row must be non-negative"):
+        ops.weighted_sample(w, 2, first_row=-1)
+    with pytest.raises(ValueError, match="at most 2\\^32 - 1 rows"):
+        ops.discrepancy_sample(w, w, 2, mu=0.1, direction="over", first_row=2**32 - 3)
+    with pytest.raises(TypeError, match="first_row must be an integer"):
+        ops.weighted_sample(w, 2, first_row=1.0)
+    assert ops.weighted_sample(w, 2, first_row=2**32 - 4).shape == (3, 2)  # the last rows the stream addresses
+
+
 def test_weighted_sample_errors(device):
     w = torch.rand(3, 4, device=device)
     for bad in (-1.0, float("nan"), float("inf")):

@@ -15,28 +15,34 @@
 
 namespace rankdistill {
 
+// The embeddings of the ops that score rows @ cols.T themselves
+// (dot_rank_positions, dot_top_columns).
+inline void check_dot_embeddings(const at::Tensor& row_embeddings, const at::Tensor& col_embeddings) {
+  check_dim(row_embeddings, 2, "row_embeddings");
+  check_dim(col_embeddings, 2, "col_embeddings");
+  const auto dtype = row_embeddings.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
+                   "row_embeddings must be float32 or float64 (cast half types to float32), got ", dtype);
+  TORCH_CHECK_TYPE(col_embeddings.scalar_type() == dtype, "col_embeddings must have the dtype of row_embeddings (",
+                   dtype, "), got ", col_embeddings.scalar_type());
+  check_same_device(col_embeddings, row_embeddings, "col_embeddings", "row_embeddings");
+  TORCH_CHECK_VALUE(col_embeddings.size(1) == row_embeddings.size(1),
+                    "row_embeddings and col_embeddings must have the same dimension, got ", row_embeddings.size(1),
+                    " and ", col_embeddings.size(1));
+  TORCH_CHECK_VALUE(col_embeddings.size(0) < (int64_t{1} << 31), "col_embeddings may have at most 2^31 - 1 rows, got ",
+                    col_embeddings.size(0));
+}
+
 struct DotRankCall {
   int64_t num_rows, num_cols, num_targets, dim;
   at::Tensor rows, cols, targets, out;
 
   DotRankCall(const at::Tensor& row_embeddings, const at::Tensor& col_embeddings, const at::Tensor& targets_in,
               const std::optional<at::Tensor>& indptr, const std::optional<at::Tensor>& indices) {
-    check_dim(row_embeddings, 2, "row_embeddings");
-    check_dim(col_embeddings, 2, "col_embeddings");
-    const auto dtype = row_embeddings.scalar_type();
-    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble,
-                     "row_embeddings must be float32 or float64 (cast half types to float32), got ", dtype);
-    TORCH_CHECK_TYPE(col_embeddings.scalar_type() == dtype, "col_embeddings must have the dtype of row_embeddings (",
-                     dtype, "), got ", col_embeddings.scalar_type());
-    check_same_device(col_embeddings, row_embeddings, "col_embeddings", "row_embeddings");
-    TORCH_CHECK_VALUE(col_embeddings.size(1) == row_embeddings.size(1),
-                      "row_embeddings and col_embeddings must have the same dimension, got ",
-                      row_embeddings.size(1), " and ", col_embeddings.size(1));
+    check_dot_embeddings(row_embeddings, col_embeddings);
     num_rows = row_embeddings.size(0);
     num_cols = col_embeddings.size(0);
     dim = row_embeddings.size(1);
-    TORCH_CHECK_VALUE(num_cols < (int64_t{1} << 31), "col_embeddings may have at most 2^31 - 1 rows, got ",
-                      num_cols);
     check_targets_and_exclude(row_embeddings, "row_embeddings", num_rows, num_cols, "number of columns",
                               targets_in, indptr, indices);
     rows = row_embeddings.contiguous();

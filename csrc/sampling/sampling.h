@@ -75,13 +75,18 @@ struct DiscrepancyWeights {
   RD_HOST_DEVICE static double bound_of(double x) { return x > 0.0 ? (x < 1.0 ? x : 1.0) : (x == x ? 0.0 : x); }
 };
 
-inline void check_sample_size(int64_t k, int64_t num_rows, int64_t num_cols) {
+// first_row: row r draws the random numbers of row first_row + r, so that
+// rows drawn in blocks (or by several processes) with one seed draw what the
+// whole matrix would.
+inline void check_sample_size(int64_t k, int64_t num_rows, int64_t num_cols, int64_t first_row) {
   TORCH_CHECK_VALUE(k >= 0, "k must be non-negative, got ", k);
   TORCH_CHECK_VALUE(k <= num_cols, "k (", k, ") is larger than the number of columns (", num_cols,
                     "): cannot draw that many distinct columns");
+  TORCH_CHECK_VALUE(first_row >= 0, "first_row must be non-negative, got ", first_row);
   // The random stream is addressed by 32-bit row and column counters.
-  TORCH_CHECK_VALUE(num_rows < (int64_t{1} << 32) && num_cols < (int64_t{1} << 32),
-                    "at most 2^32 - 1 rows and columns are supported, got ", num_rows, " x ", num_cols);
+  TORCH_CHECK_VALUE(num_rows < (int64_t{1} << 32) - first_row && num_cols < (int64_t{1} << 32),
+                    "at most 2^32 - 1 rows (first_row included) and columns are supported, got ", num_rows,
+                    " x ", num_cols, " from row ", first_row);
 }
 
 // A generator of another device would draw from the wrong stream (or fail
@@ -92,14 +97,14 @@ inline void check_generator_device(const std::optional<at::Generator>& generator
                     " but the inputs are on ", device, ": pass a generator of the inputs' device");
 }
 
-inline void check_weighted_sample_inputs(const at::Tensor& weights, int64_t k) {
+inline void check_weighted_sample_inputs(const at::Tensor& weights, int64_t k, int64_t first_row) {
   check_dim(weights, 2, "weights");
   check_floating(weights, "weights");
-  check_sample_size(k, weights.size(0), weights.size(1));
+  check_sample_size(k, weights.size(0), weights.size(1), first_row);
 }
 
 inline void check_discrepancy_sample_inputs(const at::Tensor& student_rank, const at::Tensor& teacher_rank,
-                                            int64_t k, double mu) {
+                                            int64_t k, double mu, int64_t first_row) {
   check_dim(student_rank, 2, "student_rank");
   check_dim(teacher_rank, 2, "teacher_rank");
   check_same_device(teacher_rank, student_rank, "teacher_rank", "student_rank");
@@ -112,7 +117,7 @@ inline void check_discrepancy_sample_inputs(const at::Tensor& student_rank, cons
   TORCH_CHECK_TYPE(dtype == at::kLong || dtype == at::kInt || dtype == at::kFloat || dtype == at::kDouble,
                    "ranks must be int64, int32, float32 or float64, got ", dtype);
   TORCH_CHECK_VALUE(std::isfinite(mu) && mu > 0.0, "mu must be positive and finite, got ", mu);
-  check_sample_size(k, student_rank.size(0), student_rank.size(1));
+  check_sample_size(k, student_rank.size(0), student_rank.size(1), first_row);
 }
 
 }  // namespace rankdistill

@@ -46,8 +46,8 @@ constexpr auto by_column = [](const Candidate& a, const Candidate& b) { return a
 // threshold without the log or the exact weight (DCD's tanh). Returns false if
 // a weight was invalid.
 template <typename Weights>
-bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k, uint64_t seed,
-                std::vector<Candidate>& best) {
+bool sample_row(const Weights& weights, int64_t row, int64_t stream_row, int64_t num_cols, int64_t k,
+                uint64_t seed, std::vector<Candidate>& best) {
   best.clear();
   KeyScale scale;
   if (weights.needs_key_scale()) {
@@ -77,7 +77,7 @@ bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k
     const double bound_odd = even + 1 < num_cols ? weights.upper(row, even + 1) : 0.0;
     valid &= !invalid_weight(bound_even) && !invalid_weight(bound_odd);
     if (!(bound_even > 0.0) && !(bound_odd > 0.0)) continue;  // no random numbers for zero weights
-    const UniformPair u = uniform_pair(seed, 0, row, even >> 1);
+    const UniformPair u = uniform_pair(seed, 0, stream_row, even >> 1);
     offer(even, u.even, bound_even);
     if (even + 1 < num_cols) offer(even + 1, u.odd, bound_odd);
   }
@@ -87,7 +87,7 @@ bool sample_row(const Weights& weights, int64_t row, int64_t num_cols, int64_t k
 
 template <typename Weights>
 at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_cols, int64_t k, bool sorted,
-                       uint64_t seed, const at::TensorOptions& options) {
+                       uint64_t seed, int64_t first_row, const at::TensorOptions& options) {
   at::Tensor out = at::empty({num_rows, k}, options.dtype(at::kLong));
   int64_t* out_data = out.mutable_data_ptr<int64_t>();
   std::atomic<bool> saw_invalid{false};
@@ -96,7 +96,9 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
     std::vector<Candidate> best;
     best.reserve(2 * k);
     for (int64_t row = begin; row < end; ++row) {
-      if (!sample_row(weights, row, num_cols, k, seed, best)) saw_invalid.store(true, std::memory_order_relaxed);
+      if (!sample_row(weights, row, first_row + row, num_cols, k, seed, best)) {
+        saw_invalid.store(true, std::memory_order_relaxed);
+      }
       if (sorted) {
         std::sort(best.begin(), best.end(), by_column);
       } else {
@@ -114,21 +116,22 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
 }
 
 at::Tensor weighted_sample_cpu(const at::Tensor& weights, int64_t k, bool sorted,
-                               const std::optional<at::Generator>& generator) {
-  check_weighted_sample_inputs(weights, k);
+                               const std::optional<at::Generator>& generator, int64_t first_row) {
+  check_weighted_sample_inputs(weights, k, first_row);
   const at::Tensor w = weights.contiguous();
   const uint64_t seed = draw_seed(generator, w.device());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "weighted_sample_cpu", [&] {
     out = sample_rows(TensorWeights<scalar_t>{w.const_data_ptr<scalar_t>(), w.size(1)}, w.size(0), w.size(1), k,
-                      sorted, seed, w.options());
+                      sorted, seed, first_row, w.options());
   });
   return out;
 }
 
 at::Tensor discrepancy_sample_cpu(const at::Tensor& student_rank, const at::Tensor& teacher_rank, int64_t k,
-                                  double mu, bool under, bool sorted, const std::optional<at::Generator>& generator) {
-  check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu);
+                                  double mu, bool under, bool sorted, const std::optional<at::Generator>& generator,
+                                  int64_t first_row) {
+  check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu, first_row);
   const at::Tensor student = student_rank.contiguous(), teacher = teacher_rank.contiguous();
   const uint64_t seed = draw_seed(generator, student.device());
   at::Tensor out;
@@ -136,7 +139,7 @@ at::Tensor discrepancy_sample_cpu(const at::Tensor& student_rank, const at::Tens
       student.scalar_type(), "discrepancy_sample_cpu", AT_WRAP([&] {
         const DiscrepancyWeights<scalar_t> weights{student.const_data_ptr<scalar_t>(),
                                                    teacher.const_data_ptr<scalar_t>(), student.size(1), mu, under};
-        out = sample_rows(weights, student.size(0), student.size(1), k, sorted, seed, student.options());
+        out = sample_rows(weights, student.size(0), student.size(1), k, sorted, seed, first_row, student.options());
       }),
       AT_EXPAND(AT_FLOATING_TYPES), at::kLong, at::kInt);
   return out;

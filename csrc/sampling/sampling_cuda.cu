@@ -89,7 +89,7 @@ __device__ KeyScale row_key_scale(const Weights& weights, int64_t row, int64_t n
 
 template <typename Weights>
 __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_cols, int64_t k, bool sorted,
-                                   at::PhiloxCudaState state, int64_t* out, int* saw_invalid) {
+                                   at::PhiloxCudaState state, int64_t first_row, int64_t* out, int* saw_invalid) {
   __shared__ double keys[kMaxSortCols];
   __shared__ int cols[kMaxSortCols];
   __shared__ int num_drawable;
@@ -105,7 +105,7 @@ __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_co
       if (c < num_cols) {
         const double w = weights(row, c);
         invalid |= invalid_weight(w);
-        key = draw_key(seed, offset, row, c, w, scale);
+        key = draw_key(seed, offset, first_row + row, c, w, scale);
       }
       keys[c] = key;
       cols[c] = c;
@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kScaleThreads)
 // scale from `scales`, or only checks the weights when keys is nullptr.
 template <typename Weights>
 __global__ void sampling_keys_kernel(Weights weights, int64_t num_rows, int64_t num_cols,
-                                     at::PhiloxCudaState state, const KeyScale* scales, double* keys,
-                                     int* saw_invalid) {
+                                     at::PhiloxCudaState state, int64_t first_row, const KeyScale* scales,
+                                     double* keys, int* saw_invalid) {
   const auto [seed, offset] = at::cuda::philox::unpack(state);
   bool invalid = false;
   const int64_t total = num_rows * num_cols;
@@ -173,7 +173,7 @@ __global__ void sampling_keys_kernel(Weights weights, int64_t num_rows, int64_t 
     const int64_t row = i / num_cols, col = i - row * num_cols;
     const double w = weights(row, col);
     invalid |= invalid_weight(w);
-    if (keys != nullptr) keys[i] = draw_key(seed, offset, row, col, w, scales[row]);
+    if (keys != nullptr) keys[i] = draw_key(seed, offset, first_row + row, col, w, scales[row]);
   }
   if (invalid) *saw_invalid = 1;
 }
@@ -190,7 +190,7 @@ at::PhiloxCudaState draw_state(const std::optional<at::Generator>& generator, co
 
 template <typename Weights>
 at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_cols, int64_t k, bool sorted,
-                       const at::PhiloxCudaState& state, const at::TensorOptions& options) {
+                       const at::PhiloxCudaState& state, int64_t first_row, const at::TensorOptions& options) {
   at::Tensor out = at::empty({num_rows, k}, options.dtype(at::kLong));
   if (num_rows == 0 || num_cols == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -200,14 +200,14 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
       static_cast<unsigned int>(std::min<int64_t>((num_rows * num_cols + 255) / 256, kMaxCellBlocks));
   if (k == 0) {
     // Nothing to draw, but invalid weights are reported as on the CPU.
-    sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state, nullptr,
-                                                               nullptr, invalid_flag);
+    sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state, first_row,
+                                                               nullptr, nullptr, invalid_flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else if (num_cols <= kMaxSortCols) {
     const int threads = std::clamp(next_pow2(static_cast<int>(num_cols)) / 2, 32, kMaxThreads);
     sample_rows_kernel<<<static_cast<unsigned int>(std::min(num_rows, kMaxRowBlocks)), threads, 0, stream>>>(
-        weights, num_rows, static_cast<int>(num_cols), k, sorted, state, out.mutable_data_ptr<int64_t>(),
-        invalid_flag);
+        weights, num_rows, static_cast<int>(num_cols), k, sorted, state, first_row,
+        out.mutable_data_ptr<int64_t>(), invalid_flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     static_assert(sizeof(KeyScale) == 2 * sizeof(double), "a row's KeyScale is two doubles");
@@ -217,8 +217,9 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
         weights, num_rows, num_cols, scale_data);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor keys = at::empty({num_rows, num_cols}, options.dtype(at::kDouble));
-    sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state, scale_data,
-                                                               keys.mutable_data_ptr<double>(), invalid_flag);
+    sampling_keys_kernel<<<blocks_for_cells, 256, 0, stream>>>(weights, num_rows, num_cols, state, first_row,
+                                                               scale_data, keys.mutable_data_ptr<double>(),
+                                                               invalid_flag);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const auto [top_keys, top_cols] = at::topk(keys, k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
     const at::Tensor undrawn = at::isneginf(top_keys);
@@ -236,23 +237,23 @@ at::Tensor sample_rows(const Weights& weights, int64_t num_rows, int64_t num_col
 }
 
 at::Tensor weighted_sample_cuda(const at::Tensor& weights, int64_t k, bool sorted,
-                                const std::optional<at::Generator>& generator) {
-  check_weighted_sample_inputs(weights, k);
+                                const std::optional<at::Generator>& generator, int64_t first_row) {
+  check_weighted_sample_inputs(weights, k, first_row);
   const c10::cuda::CUDAGuard device_guard(weights.device());
   const at::Tensor w = weights.contiguous();
   const at::PhiloxCudaState state = draw_state(generator, w.device());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "weighted_sample_cuda", [&] {
     out = sample_rows(TensorWeights<scalar_t>{w.const_data_ptr<scalar_t>(), w.size(1)}, w.size(0), w.size(1), k,
-                      sorted, state, w.options());
+                      sorted, state, first_row, w.options());
   });
   return out;
 }
 
 at::Tensor discrepancy_sample_cuda(const at::Tensor& student_rank, const at::Tensor& teacher_rank, int64_t k,
                                    double mu, bool under, bool sorted,
-                                   const std::optional<at::Generator>& generator) {
-  check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu);
+                                   const std::optional<at::Generator>& generator, int64_t first_row) {
+  check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu, first_row);
   const c10::cuda::CUDAGuard device_guard(student_rank.device());
   const at::Tensor student = student_rank.contiguous(), teacher = teacher_rank.contiguous();
   const at::PhiloxCudaState state = draw_state(generator, student.device());
@@ -261,7 +262,8 @@ at::Tensor discrepancy_sample_cuda(const at::Tensor& student_rank, const at::Ten
       student.scalar_type(), "discrepancy_sample_cuda", AT_WRAP([&] {
         const DiscrepancyWeights<scalar_t> weights{student.const_data_ptr<scalar_t>(),
                                                    teacher.const_data_ptr<scalar_t>(), student.size(1), mu, under};
-        out = sample_rows(weights, student.size(0), student.size(1), k, sorted, state, student.options());
+        out = sample_rows(weights, student.size(0), student.size(1), k, sorted, state, first_row,
+                          student.options());
       }),
       AT_EXPAND(AT_FLOATING_TYPES), at::kLong, at::kInt);
   return out;

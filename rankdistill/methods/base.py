@@ -167,11 +167,14 @@ class Side:
     def score_all(self, model: Scorer, rows: torch.Tensor) -> torch.Tensor:
         return model.score_all(rows) if self.name == "user" else model.score_all_users(rows)
 
-    def catalogue_ranks(self, model: Scorer, targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def catalogue_ranks(self, model: Scorer, targets: torch.Tensor, rows: torch.Tensor | None = None, *,
+                        gather: bool = True) -> torch.Tensor:
         """``[n_rows, T]``: each target column's 0-based position in the model's
         ranking of all columns of its row, observed columns excluded (padding
         -1 gets a meaningless rank: mask it). ``rows``: only these rows
-        (``targets`` and the result then have ``len(rows)`` rows)."""
+        (``targets`` and the result then have ``len(rows)`` rows). Under
+        torchrun each process ranks its share (``distributed.row_shard``) and
+        the shares are gathered; ``gather=False``: this process's share only."""
         n = self.n_rows if rows is None else len(rows)
         first, last = distributed.row_shard(n)  # this process's rows; all of them for one process
         out = torch.empty((last - first, *targets.shape[1:]), dtype=torch.int64, device=self.device)
@@ -194,16 +197,18 @@ class Side:
                 else:
                     ranks = dot_rank_positions(tables[0][ids], tables[1], block_targets, exclude=exclude)
                 out[start - first:stop - first] = ranks
-        return distributed.gather_rows(out, n)
+        return distributed.gather_rows(out, n) if gather else out
 
-    def candidate_ranks(self, model: Scorer, candidates: torch.Tensor) -> torch.Tensor:
-        """``[n_rows, C]``: each candidate's position in the model's ranking of
-        its row's candidates only (padding ranks last)."""
+    def candidate_ranks(self, model: Scorer, candidates: torch.Tensor, first_row: int = 0) -> torch.Tensor:
+        """``[R, C]``: each candidate's position in the model's ranking of its
+        row's candidates only (padding ranks last), for the ``R`` rows
+        ``first_row..`` whose candidates ``candidates`` holds."""
         out = torch.empty(candidates.shape, dtype=torch.int64, device=self.device)
         with evaluation_mode(model):
-            for start, stop in row_blocks(self.n_rows, candidates.shape[1]):
+            for start, stop in row_blocks(len(candidates), candidates.shape[1]):
                 cols = candidates[start:stop]
-                scores = self.scores(model, torch.arange(start, stop, device=self.device), cols)
+                scores = self.scores(model, torch.arange(first_row + start, first_row + stop, device=self.device),
+                                     cols)
                 out[start:stop] = rank_positions(scores.masked_fill(cols < 0, -torch.inf))
         return out
 
@@ -546,7 +551,9 @@ class Distillation:
 
     def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         """Draw this epoch's samples. Returns the student's catalogue ranks of
-        each side's top-C lists if it computed them (the diagnostic reuses them)."""
+        each side's top-C lists if it computed them (the diagnostic reuses
+        them): this process's share of the rows (``distributed.row_shard``),
+        as ``Side.catalogue_ranks(..., gather=False)`` gives them."""
         return {}
 
     def batch_rows(self, side: Side, batch: Batch) -> torch.Tensor:
@@ -581,15 +588,24 @@ class Distillation:
     def discrepancy(model: Scorer, side: Side, ranks: torch.Tensor | None = None,
                     rows: torch.Tensor | None = None) -> float:
         """Mean |R_S - R_T| over the teacher's top-50 of every row, or of
-        ``rows`` (DCD Figure 1a). ``ranks``: the student's catalogue ranks of
-        every row's top-C, when already computed (DCD's corrections)."""
+        ``rows`` (DCD Figure 1a). ``ranks``: this process's share
+        (``distributed.row_shard``) of the student's catalogue ranks of every
+        row's top-C, when already computed (DCD's corrections). Each process
+        sums its rows' gaps, exactly (integers), so the mean is the same for
+        any number of processes."""
         width = min(DIAGNOSTIC_TOP, side.top.shape[1])
-        top, teacher_rank, padding = side.top, side.teacher_rank, side.padding
-        if rows is not None:
-            top, teacher_rank, padding = top[rows], teacher_rank[rows], padding[rows]
-            ranks = ranks[rows] if ranks is not None else None
-        if ranks is None:
-            ranks = side.catalogue_ranks(model, top[:, :width], rows)
-        gap = (ranks[:, :width] - teacher_rank[:, :width]).abs().float()
-        valid = ~padding[:, :width]
-        return float(gap[valid].mean()) if bool(valid.any()) else float("nan")
+        if ranks is not None:
+            first, last = distributed.row_shard(side.n_rows)
+            ids = torch.arange(first, last, device=side.device)
+            if rows is not None:
+                ids = rows[(rows >= first) & (rows < last)]
+            ranks = ranks[ids - first, :width]
+        else:
+            first, last = distributed.row_shard(side.n_rows if rows is None else len(rows))
+            ids = torch.arange(first, last, device=side.device) if rows is None else rows[first:last]
+            top = side.top[:, :width] if rows is None else side.top[rows, :width]
+            ranks = side.catalogue_ranks(model, top, rows, gather=False)
+        gap = (ranks - side.teacher_rank[ids, :width]).abs()
+        valid = ~side.padding[ids, :width]
+        total, count = distributed.sum_across([torch.stack([gap[valid].sum(), valid.sum()])])[0].tolist()
+        return total / count if count else float("nan")

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import progress
+from .. import distributed, progress
 from ..blocks import csr_rows, row_blocks
 from ..errors import ConfigError
 from ..models import Recommender, build_model
@@ -117,15 +117,17 @@ def bd_weights(student_rank: torch.Tensor, teacher_rank: torch.Tensor, *, direct
 
 def sample_discrepancies(student_rank: torch.Tensor, teacher_rank: torch.Tensor, k: int, *, direction: str,
                          eps: float, excluded: torch.Tensor | None = None,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, first_row: int = 0) -> torch.Tensor:
     """``[B, k]`` columns per row drawn without replacement by ``bd_weights``
     (ranks of every column, ``[B, N]``), never an ``excluded`` one (bool
     ``[B, N]``: observed or already retained); -1 padded where fewer than
-    ``k`` columns have a positive weight."""
+    ``k`` columns have a positive weight. ``first_row``: as in
+    ``weighted_sample`` (these are rows ``first_row..`` of all users)."""
     weights = bd_weights(student_rank, teacher_rank, direction=direction, eps=eps)
     if excluded is not None:
         weights.masked_fill_(excluded, 0.0)
-    return weighted_sample(weights, min(k, weights.shape[1]), generator=generator, sorted=True)
+    return weighted_sample(weights, min(k, weights.shape[1]), generator=generator, sorted=True,
+                           first_row=first_row)
 
 
 def direction_gap(student_rank: torch.Tensor, teacher_rank: torch.Tensor, direction: str) -> torch.Tensor:
@@ -260,18 +262,32 @@ class BD(Distillation):
     def resample(self, epoch: int) -> dict[str, torch.Tensor]:
         """One sampling round: both models' catalogue ranks, block by block of
         users, iBD's retained items, then the new samples: ``draws_per_round``
-        independent draws from the same weights, side by side."""
-        o, device, generator = self.options, self.context.device, self.context.generator
+        independent draws from the same weights, side by side.
+
+        Under torchrun each process ranks and draws for its share of the users
+        (``distributed.row_shard``) and the sets are gathered. Each direction
+        and draw has one seed from the run's generator, and a user's draw
+        depends on that seed and the user's row alone (``first_row``), so the
+        round is the same however the users are split into blocks and
+        processes."""
+        o, device = self.options, self.context.device
         student, teacher = self.student, self.teacher
         n_users, n_items = self.context.interactions.n_users, self.context.interactions.n_items
-        limit = self.retain_limit()
+        limit, draws = self.retain_limit(), self.draws_per_round()
+        generator = self.context.generator
+        seeds = torch.randint(2**63 - 1, (len(DIRECTIONS), draws), generator=generator,
+                              device=generator.device).tolist()
         out = {d: {"new": [], "retained": []} for d in DIRECTIONS}
-        stats = {f"{d}_{key}": 0.0 for d in DIRECTIONS for key in ("gap", "drawn", "previous", "kept")}
+        # integer sums: the same whatever the blocks and processes
+        stats = torch.zeros(len(DIRECTIONS), 4, dtype=torch.int64, device=device)  # gap, drawn, previous, kept
+        first, last = distributed.row_shard(n_users)
+        # About a quarter of the budget per [block, n_items] matrix: two score,
+        # two rank and one weight matrix live at once. A process without users
+        # runs one empty block, which gives its (empty) sets their widths.
+        blocks = list(row_blocks(last - first, 4 * n_items)) or [(0, 0)]
         with evaluation_mode(student), evaluation_mode(teacher):
-            # About a quarter of the budget per [block, n_items] matrix: two
-            # score, two rank and one weight matrix live at once.
-            blocks = list(row_blocks(n_users, 4 * n_items))
             for start, stop in progress.bar(blocks, desc=f"{self.name} round: both models' ranks", unit="block"):
+                start, stop = first + start, first + stop
                 rows = torch.arange(start, stop, device=device)
                 exclude = csr_rows(self._indptr, self._indices, start, stop)
                 student_rank = rank_positions(student.score_all(rows).float(), exclude=exclude)
@@ -279,7 +295,7 @@ class BD(Distillation):
                 observed = torch.zeros((stop - start, n_items), dtype=torch.bool, device=device)
                 local = torch.repeat_interleave(torch.arange(stop - start, device=device), exclude[0].diff())
                 observed[local, exclude[1]] = True
-                for d in DIRECTIONS:
+                for which, d in enumerate(DIRECTIONS):
                     # the round's draws may repeat an item: it is judged once
                     previous = drop_repeats(torch.cat([self.sets[d]["new"][start:stop],
                                                        self.sets[d]["retained"][start:stop]], 1))
@@ -288,27 +304,28 @@ class BD(Distillation):
                     listed = kept >= 0
                     excluded[torch.nonzero(listed, as_tuple=True)[0], kept[listed]] = True
                     eps = o.eps_t if d == "ts" else o.eps
-                    new = torch.cat([sample_discrepancies(student_rank, teacher_rank, o.samples, direction=d,
-                                                          eps=eps, excluded=excluded, generator=generator)
-                                     for _ in range(self.draws_per_round())], dim=1)
+                    new = torch.cat([sample_discrepancies(
+                        student_rank, teacher_rank, o.samples, direction=d, eps=eps, excluded=excluded,
+                        generator=torch.Generator(device).manual_seed(seeds[which][draw]), first_row=start)
+                        for draw in range(draws)], dim=1)
                     out[d]["new"].append(new)
                     out[d]["retained"].append(kept)
                     drawn = new >= 0
                     gap = direction_gap(student_rank.gather(1, new.clamp_min(0)),
                                         teacher_rank.gather(1, new.clamp_min(0)), d)
-                    stats[f"{d}_gap"] += float(gap[drawn].float().sum())
-                    stats[f"{d}_drawn"] += float(drawn.sum())
-                    stats[f"{d}_previous"] += float((previous >= 0).sum())
-                    stats[f"{d}_kept"] += float(listed.sum())
-        for d in DIRECTIONS:
-            self.sets[d] = {key: torch.cat(parts) for key, parts in out[d].items()}
+                    stats[which] += torch.stack([gap[drawn].sum(), drawn.sum(), (previous >= 0).sum(),
+                                                 listed.sum()])
+        (stats,) = distributed.sum_across([stats])
+        for which, d in enumerate(DIRECTIONS):
+            self.sets[d] = {key: distributed.gather_rows(torch.cat(parts), n_users) for key, parts in out[d].items()}
+            gap, drawn, previous, kept = (float(v) for v in stats[which].tolist())
             # Mean gap (in ranks) of the new items; items per user and draw; for
             # iBD the share of the previous round's items whose discrepancy remained.
-            self._log[f"{d}_sampled_gap"] = stats[f"{d}_gap"] / max(stats[f"{d}_drawn"], 1.0)
-            self._log[f"{d}_sampled_per_user"] = stats[f"{d}_drawn"] / n_users / self.draws_per_round()
-            if limit and stats[f"{d}_previous"]:
-                self._log[f"{d}_uncorrected_share"] = stats[f"{d}_kept"] / stats[f"{d}_previous"]
-                self._log[f"{d}_retained_per_user"] = stats[f"{d}_kept"] / n_users
+            self._log[f"{d}_sampled_gap"] = gap / max(drawn, 1.0)
+            self._log[f"{d}_sampled_per_user"] = drawn / n_users / draws
+            if limit and previous:
+                self._log[f"{d}_uncorrected_share"] = kept / previous
+                self._log[f"{d}_retained_per_user"] = kept / n_users
         return {}
 
     def distilled(self, direction: str) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..errors import ConfigError
 from ..ops import discrepancy_sample
 from ..reference import discrepancy_weights
@@ -60,17 +61,21 @@ def largest_discrepancies(student_rank: torch.Tensor, teacher_rank: torch.Tensor
 
 
 def select_discrepancies(side: Side, student_rank: torch.Tensor, k: int, *, mu: float, direction: str,
-                         sampling: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """``[n_rows, k]`` columns of the teacher's top-C with a positive
-    ``direction`` discrepancy, in the teacher's order, -1 padded."""
+                         sampling: bool, generator: torch.Generator | None, first_row: int = 0) -> torch.Tensor:
+    """``[R, k]`` columns of the teacher's top-C with a positive
+    ``direction`` discrepancy, in the teacher's order, -1 padded, for the
+    ``R`` rows ``first_row..`` of ``side`` whose ranks ``student_rank`` holds
+    (``first_row``: as in ``discrepancy_sample``)."""
+    rows = slice(first_row, first_row + student_rank.shape[0])
+    top, teacher_rank, padding = side.top[rows], side.teacher_rank[rows], side.padding[rows]
     # Padding gets R_S = R_T: no discrepancy, never selected.
-    student_rank = torch.where(side.padding, side.teacher_rank, student_rank)
+    student_rank = torch.where(padding, teacher_rank, student_rank)
     if sampling:
-        positions = discrepancy_sample(student_rank, side.teacher_rank, min(k, student_rank.shape[1]), mu=mu,
-                                       direction=direction, generator=generator, sorted=True)
+        positions = discrepancy_sample(student_rank, teacher_rank, min(k, student_rank.shape[1]), mu=mu,
+                                       direction=direction, generator=generator, sorted=True, first_row=first_row)
     else:
-        positions = largest_discrepancies(student_rank, side.teacher_rank, k, mu=mu, direction=direction)
-    return side.top.gather(1, positions.clamp_min(0)).masked_fill_(positions < 0, -1)
+        positions = largest_discrepancies(student_rank, teacher_rank, k, mu=mu, direction=direction)
+    return top.gather(1, positions.clamp_min(0)).masked_fill_(positions < 0, -1)
 
 
 class DCD(RRD):
@@ -96,16 +101,24 @@ class DCD(RRD):
         o = self.options
         if epoch % o.correct_every:
             return {}
+        # Under torchrun each process ranks and draws for its share of the
+        # rows and the corrections are gathered; a row's draw depends on the
+        # side's seeds and the row alone (first_row), as with one process.
         catalogue_ranks = {}
+        generator = self.context.generator
         for _, side_name, _ in self._corrected_sides():
             side = self.side(side_name)
+            first, last = distributed.row_shard(side.n_rows)
             if o.rank_scope == "catalogue":
-                ranks = catalogue_ranks[side_name] = side.catalogue_ranks(self.student, side.top)
+                ranks = catalogue_ranks[side_name] = side.catalogue_ranks(self.student, side.top, gather=False)
             else:
-                ranks = side.candidate_ranks(self.student, side.top)
-            options = {"mu": o.mu, "sampling": o.sampling, "generator": self.context.generator}
-            self.corrections[side_name] = (select_discrepancies(side, ranks, o.m_under, direction="under", **options),
-                                           select_discrepancies(side, ranks, o.m_over, direction="over", **options))
+                ranks = side.candidate_ranks(self.student, side.top[first:last], first_row=first)
+            seeds = torch.randint(2**63 - 1, (2,), generator=generator, device=generator.device).tolist()
+            self.corrections[side_name] = tuple(
+                distributed.gather_rows(select_discrepancies(
+                    side, ranks, m, mu=o.mu, direction=direction, sampling=o.sampling, first_row=first,
+                    generator=torch.Generator(generator.device).manual_seed(seed)), side.n_rows)
+                for m, direction, seed in ((o.m_under, "under", seeds[0]), (o.m_over, "over", seeds[1])))
         return catalogue_ranks
 
     def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:

@@ -19,10 +19,11 @@ from typing import Any, Callable
 import torch
 from .. import distributed
 from ..blocks import all_finite, block_rows, csr_rows, row_blocks
+from ..ops import dot_top_columns
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
 from ..progress import bar
-from ..scoring import InteractionMatrix, as_interactions
+from ..scoring import InteractionMatrix, as_interactions, dot_product_tables
 from ..split import Split
 
 __all__ = ["DEFAULT_TOP", "TeacherRankings", "compute_rankings", "load_or_compute_rankings", "top_columns"]
@@ -91,19 +92,44 @@ def _padded(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tensor, torch.Tensor], top: int, *,
-                desc: str = "", progress: bool | None = None) -> torch.Tensor:
+                desc: str = "", progress: bool | None = None,
+                tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``[n_rows, top]`` best columns per row, best first, the ``observed``
     (CSR) columns of each row left out; ``score_rows(rows)`` gives ``[b, n_cols]``.
+    ``tables``: ``(rows [n_rows, d], columns [n_cols, d])`` embeddings of a
+    dot-product model, whose columns ``ops.dot_top_columns`` selects without
+    blocks of scores (ties by column); ``score_rows`` is then not called.
     ``progress``: a bar (None: as ``rankdistill.progress.show_progress`` says)."""
     indptr, indices = observed
     top = min(top, n_cols)
     first, last = distributed.row_shard(n_rows)  # this process's rows; all of them for one process
     out = torch.empty((last - first, top), dtype=torch.int64, device=indptr.device)
     for start, stop in bar(list(row_blocks(last - first, n_cols)), desc=desc, unit="block", on=progress):
-        scores = _masked_rows(score_rows, first + start, first + stop, indptr, indices, n_cols)
+        start, stop = first + start, first + stop
+        if tables is not None:
+            out[start - first:stop - first] = dot_top_columns(tables[0][start:stop], tables[1], top,
+                                                              exclude=csr_rows(indptr, indices, start, stop))
+            continue
+        scores = _masked_rows(score_rows, start, stop, indptr, indices, n_cols)
         values, columns = scores.topk(top, dim=1)
-        out[start:stop] = _padded(values, columns)
+        out[start - first:stop - first] = _padded(values, columns)
     return distributed.gather_rows(out, n_rows)
+
+
+def _selectable_tables(teacher: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A dot-product teacher's embedding tables, if ``dot_top_columns`` may
+    select from them: finite (else the rankings would be garbage: a
+    ``TrainingDiverged``, as for non-finite scores) and small enough that no
+    score can overflow to infinity (else the block path, which checks the
+    scores themselves)."""
+    tables = dot_product_tables(teacher)
+    if tables is None:
+        return None
+    if not all(all_finite(table) for table in tables):
+        raise TrainingDiverged("the teacher's embeddings are NaN or infinite: its rankings would be garbage "
+                               "(a diverged or corrupted teacher)")
+    largest = [float(table.norm(dim=1).max()) if len(table) else 0.0 for table in tables]
+    return tables if largest[0] * largest[1] < torch.finfo(torch.float32).max / 2 else None
 
 
 def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interactions: InteractionMatrix, top: int,
@@ -169,11 +195,12 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
         raise ConfigError(f"the teacher is for {shape[0]} users x {shape[1]} items, "
                           f"the interactions have {interactions.n_users} x {interactions.n_items}")
     score_all_users = getattr(teacher, "score_all_users", None)
+    tables = _selectable_tables(teacher)
     block = block_rows(interactions.n_items)
     # Across processes the item side is ranked by rows like the user side:
     # running lists merged from several processes would order ties differently.
     one_pass = (score_all_users is None or getattr(teacher, "scores_each_pair", False)) and \
-        distributed.world_size() == 1
+        distributed.world_size() == 1 and tables is None
     was_training = getattr(teacher, "training", None)
     if was_training is not None:
         teacher.eval()
@@ -183,10 +210,10 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
         else:
             items_of_user = top_columns(score_all, interactions.n_users, interactions.n_items,
                                         interactions.csr("user"), top, desc="teacher: top items per user",
-                                        progress=progress)
+                                        progress=progress, tables=tables)
             users_of_item = top_columns(score_all_users, interactions.n_items, interactions.n_users,
                                         interactions.csr("item"), top, desc="teacher: top users per item",
-                                        progress=progress)
+                                        progress=progress, tables=None if tables is None else tables[::-1])
     finally:
         if was_training is not None:
             teacher.train(was_training)
