@@ -34,8 +34,9 @@ from .blocks import csr_rows, non_finite_rows, row_blocks
 from .errors import ConfigError, TrainingDiverged
 from .io import atomic_open
 from .models import Recommender
-from .ops import rank_positions
+from .ops import dot_rank_positions, rank_positions
 from .progress import bar
+from .scoring import finite_dot_product_tables
 from .split import PARTS, Split
 
 __all__ = ["DEFAULT_CUTOFFS", "PROTOCOLS", "EvalResult", "Evaluator", "metric_names", "metrics_from_ranks",
@@ -155,9 +156,12 @@ class Evaluator:
         first, last = distributed.row_shard(len(split.eval_users))  # this process's users (all, for one)
         ranks, non_finite = [], []
         try:
+            # a dot-product model is ranked from its embeddings, without blocks of scores
+            tables = finite_dot_product_tables(model) if self.protocol == "full" else None
             blocks = list(row_blocks(last - first, 1, budget=self.batch_size))
             for start, stop in bar(blocks, desc=f"evaluation: {part}, {self.protocol} protocol", unit="batch"):
-                batch_ranks, batch_non_finite = self._batch_ranks(model, part, first + start, first + stop, device)
+                batch_ranks, batch_non_finite = self._batch_ranks(model, part, first + start, first + stop, device,
+                                                                  tables)
                 ranks.append(batch_ranks)
                 non_finite.append(batch_non_finite)
         finally:
@@ -175,10 +179,12 @@ class Evaluator:
         ranks = ranks.cpu().numpy()
         return EvalResult(part, self.protocol, split.eval_users, ranks, metrics_from_ranks(ranks, self.cutoffs))
 
-    def _batch_ranks(self, model: Recommender, part: str, start: int, stop: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_ranks(self, model: Recommender, part: str, start: int, stop: int, device: torch.device,
+                     tables: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Ranks ``[B]`` of the held-out items of evaluated users ``start:stop``,
-        and which of them have a non-finite score (int64 0/1 ``[B]``)."""
+        and which of them have a non-finite score (int64 0/1 ``[B]``).
+        ``tables``: a dot-product model's (finite) embeddings, for the full
+        protocol (``scoring.finite_dot_product_tables``)."""
         users = torch.as_tensor(self.split.eval_users[start:stop], device=device)
         targets = torch.as_tensor(self.split.targets(part)[start:stop], device=device)
         if self.protocol == "sampled":
@@ -188,6 +194,10 @@ class Evaluator:
             return sampled_ranks(scores[:, 0], scores[:, 1:], targets, candidates), non_finite
         batch_indptr, batch_indices = (torch.as_tensor(a, device=device)
                                        for a in csr_rows(*self._excluded(part), start, stop))
+        if tables is not None:
+            ranks = dot_rank_positions(tables[0][users], tables[1], targets[:, None],
+                                       exclude=(batch_indptr, batch_indices))
+            return ranks[:, 0], torch.zeros_like(targets)
         scores = model.score_all(users)
         non_finite = non_finite_rows(scores)
         if bool(non_finite.any()):  # rank_positions would refuse NaN: report it in the evaluation's words

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blocks import row_blocks
+from .blocks import all_finite, row_blocks
 from .errors import ConfigError
 
 __all__ = ["EmbeddingScorer", "InteractionMatrix", "Scorer", "as_interactions"]
@@ -134,6 +134,19 @@ def dot_product_tables(model: Scorer) -> tuple[torch.Tensor, torch.Tensor] | Non
     if users.dtype not in (torch.float32, torch.float64) or users.dtype != items.dtype:
         users, items = users.float(), items.float()
     return users, items
+
+
+def finite_dot_product_tables(model: Scorer) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``dot_product_tables(model)`` when every score they give is finite: the
+    tables are finite and no dot product can overflow float32 (the largest
+    norms' product stays below half its maximum). None otherwise, and for
+    models that are not dot products: callers then score blocks, which find
+    and report the NaN or infinite scores themselves."""
+    tables = dot_product_tables(model)
+    if tables is None or not all(all_finite(table) for table in tables):
+        return None
+    largest = [float(table.norm(dim=1).max()) if len(table) else 0.0 for table in tables]
+    return tables if largest[0] * largest[1] < torch.finfo(torch.float32).max / 2 else None
 
 
 def _all_products(row_embeddings, rows: torch.Tensor, col_embeddings, n_cols: int) -> torch.Tensor:

@@ -101,6 +101,29 @@ def test_full_protocol_ranks_among_all_unobserved_items(split_and_table, part):
     assert len(result.per_user["H@5"]) == len(split.eval_users)
 
 
+def test_full_protocol_ranks_a_dot_product_model_from_its_embeddings(split_and_table, monkeypatch):
+    """A BPR model is ranked by dot_rank_positions from its embeddings (its
+    blocks of scores are never asked for) with the same ranks: small integer
+    embeddings, so the scores are exact and tie often."""
+    from rankdistill.models import BPR
+
+    split, _ = split_and_table
+    gen = torch.Generator().manual_seed(5)
+    model = BPR(split.n_users, split.n_items, 3)
+    with torch.no_grad():
+        model.user_emb.weight.copy_(torch.randint(-2, 3, (split.n_users, 3), generator=gen).float())
+        model.item_emb.weight.copy_(torch.randint(-2, 3, (split.n_items, 3), generator=gen).float())
+    table = model.user_emb.weight.detach() @ model.item_emb.weight.detach().T
+    expected = Evaluator(split, protocol="full", batch_size=5).evaluate(TableModel(table), "test").ranks
+
+    def no_blocks(*args):
+        raise AssertionError("scored a block")
+
+    monkeypatch.setattr(model, "_score_all_block", no_blocks)
+    got = Evaluator(split, protocol="full", batch_size=5).evaluate(model, "test").ranks
+    assert np.array_equal(got, expected)
+
+
 def test_constant_scores_rank_by_item_id(split_and_table):
     split, _ = split_and_table
     model = TableModel(torch.zeros(split.n_users, split.n_items))

@@ -23,7 +23,7 @@ from ..ops import dot_top_columns
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
 from ..progress import bar
-from ..scoring import InteractionMatrix, as_interactions, dot_product_tables
+from ..scoring import InteractionMatrix, as_interactions, finite_dot_product_tables
 from ..split import Split
 
 __all__ = ["DEFAULT_TOP", "TeacherRankings", "compute_rankings", "load_or_compute_rankings", "top_columns"]
@@ -116,22 +116,6 @@ def top_columns(score_rows, n_rows: int, n_cols: int, observed: tuple[torch.Tens
     return distributed.gather_rows(out, n_rows)
 
 
-def _selectable_tables(teacher: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A dot-product teacher's embedding tables, if ``dot_top_columns`` may
-    select from them: finite (else the rankings would be garbage: a
-    ``TrainingDiverged``, as for non-finite scores) and small enough that no
-    score can overflow to infinity (else the block path, which checks the
-    scores themselves)."""
-    tables = dot_product_tables(teacher)
-    if tables is None:
-        return None
-    if not all(all_finite(table) for table in tables):
-        raise TrainingDiverged("the teacher's embeddings are NaN or infinite: its rankings would be garbage "
-                               "(a diverged or corrupted teacher)")
-    largest = [float(table.norm(dim=1).max()) if len(table) else 0.0 for table in tables]
-    return tables if largest[0] * largest[1] < torch.finfo(torch.float32).max / 2 else None
-
-
 def _top_both_sides(score_all: Callable[[torch.Tensor], torch.Tensor], interactions: InteractionMatrix, top: int,
                     progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both lists from one pass over the score matrix: each block of users
@@ -195,7 +179,8 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
         raise ConfigError(f"the teacher is for {shape[0]} users x {shape[1]} items, "
                           f"the interactions have {interactions.n_users} x {interactions.n_items}")
     score_all_users = getattr(teacher, "score_all_users", None)
-    tables = _selectable_tables(teacher)
+    # a dot-product teacher's lists straight from its embeddings (ops.dot_top_columns)
+    tables = finite_dot_product_tables(teacher)
     block = block_rows(interactions.n_items)
     # Across processes the item side is ranked by rows like the user side:
     # running lists merged from several processes would order ties differently.
