@@ -84,7 +84,7 @@ import pathlib
 import torch
 
 import rankdistill
-from rankdistill import discrepancy_sample, rank_positions, relaxed_listmle, weighted_sample
+from rankdistill import discrepancy_sample, ops, rank_positions, relaxed_listmle, weighted_sample
 
 where = pathlib.Path(rankdistill.__file__).parent
 assert "site-packages" in where.parts, f"rankdistill imported from {where}, not the installed package"
@@ -104,7 +104,12 @@ ranked = torch.randn(4, 10, requires_grad=True)
 loss = relaxed_listmle(ranked, torch.randn(4, 20))
 loss.backward()
 assert loss.ndim == 0 and torch.isfinite(loss) and ranked.grad is not None
-print(f"  rank_positions, weighted_sample, discrepancy_sample, relaxed_listmle: ok (loss {loss.item():.4f})")
+users, items = torch.randn(4, 8, generator=g), torch.randn(50, 8, generator=g)
+best = ops.dot_top_columns(users, items, 10)
+assert torch.equal(best, (users @ items.T).topk(10, dim=1).indices)
+assert torch.equal(ops.dot_rank_positions(users, items, best), torch.arange(10).expand(4, 10))
+print(f"  rank_positions, dot_rank_positions, dot_top_columns, weighted_sample, discrepancy_sample, "
+      f"relaxed_listmle: ok (loss {loss.item():.4f})")
 EOF
 
 version="$("$VENV/bin/rankdistill" --version)"
