@@ -22,6 +22,19 @@ __device__ void bitonic_sort(int n, Before before, Swap swap) {
   }
 }
 
+// Exchanges entries a and b of each of the parallel arrays given: the swap of
+// a bitonic_sort over several arrays sorted together.
+template <typename... Arrays>
+__device__ __forceinline__ void swap_entries(int a, int b, Arrays*... arrays) {
+  (
+      [&] {
+        const auto value = arrays[a];
+        arrays[a] = arrays[b];
+        arrays[b] = value;
+      }(),
+      ...);
+}
+
 __host__ __device__ __forceinline__ int next_pow2(int n) {
   int p = 1;
   while (p < n) p <<= 1;

@@ -96,17 +96,7 @@ __global__ void __launch_bounds__(kThreads)
     bitonic_sort(
         sort_size,
         [&](int a, int b) { return ranks_before(target_scores[a], target_cols[a], target_scores[b], target_cols[b]); },
-        [&](int a, int b) {
-          const float score = target_scores[a];
-          target_scores[a] = target_scores[b];
-          target_scores[b] = score;
-          const int col = target_cols[a];
-          target_cols[a] = target_cols[b];
-          target_cols[b] = col;
-          const int slot = target_slots[a];
-          target_slots[a] = target_slots[b];
-          target_slots[b] = slot;
-        });
+        [&](int a, int b) { swap_entries(a, b, target_scores, target_cols, target_slots); });
 
     const float lowest = target_scores[n - 1];
     // A score is placed among the tile's targets by comparisons alone, with

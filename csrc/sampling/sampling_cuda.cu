@@ -116,14 +116,7 @@ __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_co
     bitonic_sort(
         padded,
         [&](int a, int b) { return keys[a] > keys[b] || (keys[a] == keys[b] && cols[a] < cols[b]); },
-        [&](int a, int b) {
-          const double key = keys[a];
-          keys[a] = keys[b];
-          keys[b] = key;
-          const int col = cols[a];
-          cols[a] = cols[b];
-          cols[b] = col;
-        });
+        [&](int a, int b) { swap_entries(a, b, keys, cols); });
     // The drawable entries (key > -inf) now form a prefix; one thread sees its end.
     for (int c = threadIdx.x; c < padded; c += blockDim.x) {
       if (keys[c] > -INFINITY && (c + 1 == padded || keys[c + 1] == -INFINITY)) num_drawable = c + 1;
@@ -136,11 +129,7 @@ __global__ void sample_rows_kernel(Weights weights, int64_t num_rows, int num_co
       __syncthreads();
       bitonic_sort(
           taken_padded, [&](int a, int b) { return cols[a] < cols[b]; },
-          [&](int a, int b) {
-            const int col = cols[a];
-            cols[a] = cols[b];
-            cols[b] = col;
-          });
+          [&](int a, int b) { swap_entries(a, b, cols); });
     }
     int64_t* row_out = out + row * k;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) row_out[j] = j < taken ? cols[j] : -1;
