@@ -108,6 +108,15 @@ class DistillContext:
         self.seed = int(seed)
         self.epochs = epochs
 
+    def row_streams(self, count: int) -> list[torch.Generator]:
+        """``count`` generators, each seeded from ``generator`` (every process
+        of a torchrun draws the same seeds): a sampling op called with one of
+        them and ``first_row`` draws for its rows what a single call over all
+        rows would, so that a round's draws do not depend on how its rows are
+        split into blocks or processes."""
+        seeds = torch.randint(2**63 - 1, (count,), generator=self.generator, device=self.generator.device)
+        return [torch.Generator(self.generator.device).manual_seed(seed) for seed in seeds.tolist()]
+
 
 @dataclass
 class Batch:

@@ -266,17 +266,15 @@ class BD(Distillation):
 
         Under torchrun each process ranks and draws for its share of the users
         (``distributed.row_shard``) and the sets are gathered. Each direction
-        and draw has one seed from the run's generator, and a user's draw
-        depends on that seed and the user's row alone (``first_row``), so the
-        round is the same however the users are split into blocks and
+        and draw has its stream (``DistillContext.row_streams``), and a
+        user's draw depends on it and the user's row alone (``first_row``),
+        so the round is the same however the users are split into blocks and
         processes."""
         o, device = self.options, self.context.device
         student, teacher = self.student, self.teacher
         n_users, n_items = self.context.interactions.n_users, self.context.interactions.n_items
         limit, draws = self.retain_limit(), self.draws_per_round()
-        generator = self.context.generator
-        seeds = torch.randint(2**63 - 1, (len(DIRECTIONS), draws), generator=generator,
-                              device=generator.device).tolist()
+        streams = self.context.row_streams(len(DIRECTIONS) * draws)  # direction d, draw j: d * draws + j
         out = {d: {"new": [], "retained": []} for d in DIRECTIONS}
         # integer sums: the same whatever the blocks and processes
         stats = torch.zeros(len(DIRECTIONS), 4, dtype=torch.int64, device=device)  # gap, drawn, previous, kept
@@ -306,7 +304,7 @@ class BD(Distillation):
                     eps = o.eps_t if d == "ts" else o.eps
                     new = torch.cat([sample_discrepancies(
                         student_rank, teacher_rank, o.samples, direction=d, eps=eps, excluded=excluded,
-                        generator=torch.Generator(device).manual_seed(seeds[which][draw]), first_row=start)
+                        generator=streams[which * draws + draw].clone_state(), first_row=start)
                         for draw in range(draws)], dim=1)
                     out[d]["new"].append(new)
                     out[d]["retained"].append(kept)

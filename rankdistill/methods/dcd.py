@@ -103,9 +103,8 @@ class DCD(RRD):
             return {}
         # Under torchrun each process ranks and draws for its share of the
         # rows and the corrections are gathered; a row's draw depends on the
-        # side's seeds and the row alone (first_row), as with one process.
+        # side's streams and the row alone (first_row), as with one process.
         catalogue_ranks = {}
-        generator = self.context.generator
         for _, side_name, _ in self._corrected_sides():
             side = self.side(side_name)
             first, last = distributed.row_shard(side.n_rows)
@@ -113,12 +112,12 @@ class DCD(RRD):
                 ranks = catalogue_ranks[side_name] = side.catalogue_ranks(self.student, side.top, gather=False)
             else:
                 ranks = side.candidate_ranks(self.student, side.top[first:last], first_row=first)
-            seeds = torch.randint(2**63 - 1, (2,), generator=generator, device=generator.device).tolist()
+            streams = self.context.row_streams(2)
             self.corrections[side_name] = tuple(
-                distributed.gather_rows(select_discrepancies(
-                    side, ranks, m, mu=o.mu, direction=direction, sampling=o.sampling, first_row=first,
-                    generator=torch.Generator(generator.device).manual_seed(seed)), side.n_rows)
-                for m, direction, seed in ((o.m_under, "under", seeds[0]), (o.m_over, "over", seeds[1])))
+                distributed.gather_rows(select_discrepancies(side, ranks, m, mu=o.mu, direction=direction,
+                                                             sampling=o.sampling, generator=stream, first_row=first),
+                                        side.n_rows)
+                for m, direction, stream in ((o.m_under, "under", streams[0]), (o.m_over, "over", streams[1])))
         return catalogue_ranks
 
     def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:

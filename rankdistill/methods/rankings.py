@@ -19,9 +19,9 @@ from typing import Any, Callable
 import torch
 from .. import distributed
 from ..blocks import all_finite, block_rows, csr_rows, row_blocks
-from ..ops import dot_top_columns
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
+from ..ops import dot_top_columns
 from ..progress import bar
 from ..scoring import InteractionMatrix, as_interactions, finite_dot_product_tables
 from ..split import Split
