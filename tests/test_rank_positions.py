@@ -106,19 +106,23 @@ def test_many_targets_per_row(device):
     assert torch.equal(got.cpu(), expected)
 
 
-@pytest.mark.parametrize("targets_kind", ["random", "top", "bottom"])
+@pytest.mark.parametrize("targets_kind", ["random", "top", "bottom", "clustered"])
 def test_counting_with_many_buckets(device, targets_kind):
     # Counting path with thousands of buckets (the CPU kernel lays about
     # sqrt(2 x scores in range x targets) of them): scores rounded to create
     # ties within and across buckets, repeated and excluded targets, targets
     # the row ranks first (a trained model: few scores in their range), last,
-    # or anywhere; one row of equal scores (one bucket).
+    # or anywhere, or half of them on one score (one bucket far fuller than
+    # the others: the CPU's search takes the same steps in every bucket of a
+    # row); one row of equal scores (one bucket).
     gen = torch.Generator().manual_seed(21)
     num_rows, num_cols, num_targets = 6, 20_000, 400
     scores = (torch.randn(num_rows, num_cols, generator=gen) * 1000).round() / 1000
     scores[3] = 0.5
-    if targets_kind == "random":
+    if targets_kind in ("random", "clustered"):
         targets = torch.randint(0, num_cols, (num_rows, num_targets), generator=gen)
+        if targets_kind == "clustered":
+            scores.scatter_(1, targets[:, : num_targets // 2], 0.25)
     else:
         targets = scores.topk(num_targets, dim=1, largest=targets_kind == "top").indices
     targets[:, 1] = targets[:, 0]

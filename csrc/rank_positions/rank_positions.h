@@ -42,8 +42,10 @@ RD_HOST_DEVICE int first_target_after(const float* scores, const Col* cols, int 
 }
 
 // -0.0 and +0.0 compare equal; give them one representation so that the
-// bit-level keys used for sorting agree with float comparison.
-RD_HOST_DEVICE float canonical_zero(float s) { return s == 0.0f ? 0.0f : s; }
+// bit-level keys used for sorting agree with float comparison. Adding +0.0
+// turns -0.0 into +0.0 and leaves every other value (NaN included) as it is:
+// no branch on every score read (no fast-math here, which could drop it).
+RD_HOST_DEVICE float canonical_zero(float s) { return s + 0.0f; }
 
 // `targets` (int64 [rows, T], ids of the num_cols columns) and the CSR pair
 // of excluded columns per row; `device` names the tensor they must share a

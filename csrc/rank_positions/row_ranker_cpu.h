@@ -4,12 +4,15 @@
 // Two exact algorithms:
 //  - counting (targets given and few): sort the row's T targets and lay a
 //    table of equal-width buckets over their score range; then one pass over
-//    the N scores counts each into its bucket (a histogram), and only the
-//    scores that share a bucket with a target are located among that bucket's
-//    targets (a short binary search). A target's rank is the count of the
-//    buckets above its own plus the scores of its bucket that rank before it.
-//    About O(N) per row, with the per-score work branch-light (most buckets
-//    hold no target), and no buffer larger than N per thread.
+//    the N scores keeps those within the range (the others count only
+//    towards "above every target"), one pass over those counts each into its
+//    bucket (a histogram), and only the scores that share a bucket with a
+//    target are located among that bucket's targets (a short binary search).
+//    A target's rank is the count of the buckets above its own plus the
+//    scores of its bucket that rank before it. About O(N) per row, the
+//    passes over the scores branch-free (on DCD's item side about half the
+//    scores fall below the lowest target: a coin toss for a branch), and no
+//    buffer larger than N per thread.
 //  - sorting (all columns, or T comparable to N): sort the row once by 64-bit
 //    (score, column) keys and read the ranks off. O(N log N), buffers of N
 //    per thread (never [B, N]).
@@ -48,8 +51,9 @@ inline uint64_t ranking_key(float score, int64_t col) {
 // T is a tenth of N).
 class TargetIndex {
  public:
-  std::vector<float> scores;  // in ranking order
-  std::vector<int32_t> cols;  // columns fit in 31 bits (checked)
+  std::vector<float> scores;        // in ranking order
+  std::vector<int32_t> cols;        // columns fit in 31 bits (checked)
+  std::vector<int32_t> buckets_of;  // the bucket of each position
 
   // Orders the n > 0 targets (`target_scores`, canonical and without NaN,
   // lying in [low, high], and `target_cols`) and lays the buckets; order[p]
@@ -73,6 +77,7 @@ class TargetIndex {
     // FLT_MAX, at most 2e-34: targets a few subnormals apart), where
     // (s - low) * inf would be NaN or inf, and no index.
     last_bucket_ = spread && std::isfinite(scale_) ? num_buckets - 1 : 0;
+    last_position_ = static_cast<float>(last_bucket_);
     const int buckets = last_bucket_ + 1;
     // starts_[c] = the targets in buckets >= c (the ranking order puts higher
     // buckets first), so bucket b holds positions [starts_[b + 1], starts_[b]).
@@ -81,20 +86,30 @@ class TargetIndex {
     for (int j = 0; j < n; ++j) ++cursor_[target_bucket_[j] = bucket(target_scores[j])];
     starts_.resize(buckets + 1);
     starts_[buckets] = 0;
-    for (int b = buckets - 1; b >= 0; --b) starts_[b] = starts_[b + 1] + cursor_[b];
+    int largest = 0;
+    for (int b = buckets - 1; b >= 0; --b) {
+      starts_[b] = starts_[b + 1] + cursor_[b];
+      largest = std::max(largest, cursor_[b]);
+    }
+    // locate_in's steps: the largest power of two not above the fullest bucket.
+    first_step_ = 1;
+    while (2 * first_step_ <= largest) first_step_ <<= 1;
     for (int b = 0; b < buckets; ++b) cursor_[b] = starts_[b + 1];
     scores.resize(n);
     cols.resize(n);
+    buckets_of.resize(n);
     order.resize(n);
     for (int j = 0; j < n; ++j) {
       const int p = cursor_[target_bucket_[j]]++;
       scores[p] = target_scores[j];
       cols[p] = static_cast<int32_t>(target_cols[j]);
+      buckets_of[p] = target_bucket_[j];
       order[p] = j;
     }
-    // Within a bucket, by score descending, then column (ranking_key's order).
-    for (int b = 0; b < buckets; ++b) {
-      const int first = starts_[b + 1], last = starts_[b];
+    // Within a bucket, by score descending, then column (ranking_key's order):
+    // bucket by bucket in position order, visiting only those with targets.
+    for (int first = 0, last; first < n; first = last) {
+      last = end(buckets_of[first]);
       if (last - first < 2) continue;
       keyed_.resize(last - first);
       for (int p = first; p < last; ++p) keyed_[p - first] = {ranking_key(scores[p], cols[p]), order[p]};
@@ -114,26 +129,38 @@ class TargetIndex {
   int end(int b) const { return starts_[b]; }
 
   // The first position of bucket b's targets that (s, i) ranks before, or
-  // end(b) if it ranks before none of them; for a score of bucket b.
+  // end(b) if it ranks before none of them; for a score of bucket b. A binary
+  // search of the same steps for every bucket of the row (those of the
+  // fullest), with selects: neither the bucket's size nor the comparisons
+  // steer a branch. Positions past the bucket compare as "not before" via a
+  // clamped read.
   int locate_in(int b, float s, int64_t i) const {
-    const int first = begin(b);
-    return first + first_target_after(scores.data() + first, cols.data() + first, end(b) - first, s, i);
+    const int first = begin(b), last = end(b);
+    int p = first;
+    for (int step = first_step_; step > 0; step >>= 1) {
+      const int probe = p + step - 1;
+      const int read = std::min(probe, last - 1);
+      const bool after = !ranks_before(s, i, scores[read], cols[read]);
+      p = (probe < last) & after ? p + step : p;
+    }
+    return p;
   }
 
   // Non-decreasing in s (rounding is monotone), so the buckets keep the order:
-  // a score in a higher bucket than a target's ranks before it.
-  // For low <= s <= high, 0 <= (s - low) * scale <= about num_buckets; it is
-  // clamped before the conversion all the same (which is undefined for NaN
-  // and out-of-range values): NaN fails the test and gets the last bucket.
+  // a score in a higher bucket than a target's ranks before it. Defined for
+  // every float and branch-free: the position is clamped to [0, last bucket]
+  // before the conversion (undefined for NaN and out-of-range values), NaN
+  // to 0. With one bucket, scale_ is 0 (or inf, see build): bucket 0.
   int bucket(float s) const {
-    if (last_bucket_ == 0) return 0;
-    const float position = (s - low_) * scale_;
-    return position < static_cast<float>(last_bucket_) ? static_cast<int>(position) : last_bucket_;
+    float position = (s - low_) * scale_;
+    position = position > 0.0f ? position : 0.0f;
+    position = position < last_position_ ? position : last_position_;
+    return static_cast<int>(position);
   }
 
  private:
-  float low_ = 0.0f, scale_ = 0.0f;
-  int last_bucket_ = 0;
+  float low_ = 0.0f, scale_ = 0.0f, last_position_ = 0.0f;
+  int last_bucket_ = 0, first_step_ = 1;
   std::vector<int> starts_, cursor_, target_bucket_;
   std::vector<std::pair<uint64_t, int64_t>> keyed_;
 };
@@ -168,10 +195,13 @@ struct RowRanker {
   std::vector<float> target_scores;
   std::vector<int64_t> order;
   TargetIndex index;
-  std::vector<int64_t> counts;      // per target position: located scores of its bucket
-  std::vector<int32_t> histogram;   // per bucket: scores in it (columns fit in 31 bits)
-  std::vector<int32_t> near;        // columns that share a bucket with a target
-  std::vector<uint8_t> has_targets; // per bucket
+  std::vector<float> in_scores;         // the scores within the targets' range
+  std::vector<int32_t> in_cols;         // and their columns (columns fit in 31 bits)
+  std::vector<int64_t> counts;          // per target position: located scores of its bucket
+  std::vector<int32_t> histogram;       // per bucket: scores in it
+  std::vector<int64_t> before_buckets;  // per bucket: scores in the buckets above it
+  std::vector<int32_t> near;            // kept scores that share a bucket with a target
+  std::vector<uint8_t> has_targets;     // per bucket
   // sorting path
   std::vector<uint64_t> keys;
   std::vector<uint8_t> is_excluded;
@@ -213,47 +243,56 @@ struct RowRanker {
       lowest = std::min(lowest, s);
       highest = std::max(highest, s);
     }
-    int64_t in_range = 0;
-    for (int64_t i = 0; i < num_cols; ++i) {
-      const float s = scores[i];
-      in_range += (s >= lowest) & (s <= highest);
-    }
-    // The targets in ranking order, each with its position in `targets` (a
-    // column may be a target twice).
-    index.build(target_scores.data(), targets, static_cast<int>(num_targets), lowest, highest, in_range, order);
-    const int num_buckets = index.num_buckets();
-    histogram.assign(num_buckets, 0);
-    has_targets.assign(num_buckets, 0);
-    for (int b = 0; b < num_buckets; ++b) has_targets[b] = index.begin(b) < index.end(b);
-    counts.assign(num_targets, 0);
-    near.resize(num_cols);
-    int64_t above = 0, num_near = 0;
+    // Pass 1: the scores within the targets' range, kept with their columns
+    // (each written, then kept by advancing the count or not); the others
+    // only count towards `above` (NaN towards none: reported).
+    in_scores.resize(num_cols);
+    in_cols.resize(num_cols);
+    float* const kept_scores = in_scores.data();
+    int32_t* const kept_cols = in_cols.data();
+    int64_t above = 0, num_in = 0;
     bool nan = false;
-    // Pass 1: a histogram of the scores over the buckets; the columns of
-    // buckets with targets are kept (appended without a branch).
     for (int64_t i = 0; i < num_cols; ++i) {
       const float s = scores[i];
-      if (!(s >= lowest)) {  // below every target (or NaN): counts for none
-        nan |= std::isnan(s);
-        continue;
-      }
-      if (s > highest) {  // before every target
-        ++above;
-        continue;
-      }
-      const int b = index.bucket(s);
-      ++histogram[b];
-      near[num_near] = static_cast<int32_t>(i);
-      num_near += has_targets[b];
+      above += s > highest;
+      nan |= s != s;
+      kept_scores[num_in] = s;
+      kept_cols[num_in] = static_cast<int32_t>(i);
+      num_in += (s >= lowest) & (s <= highest);
     }
     if (nan) saw_nan->store(true, std::memory_order_relaxed);
-    // Pass 2: those columns located among their bucket's targets.
+    // The targets in ranking order, each with its position in `targets` (a
+    // column may be a target twice).
+    index.build(target_scores.data(), targets, static_cast<int>(num_targets), lowest, highest, num_in, order);
+    const int num_buckets = index.num_buckets();
+    histogram.assign(num_buckets, 0);
+    has_targets.resize(num_buckets);
+    for (int b = 0; b < num_buckets; ++b) has_targets[b] = index.begin(b) < index.end(b);
+    // counts[p]: located scores of target p's bucket that rank before it but
+    // not before the previous target; slot num_targets takes the scores that
+    // rank before none (the last bucket's end), without a branch.
+    counts.assign(num_targets + 1, 0);
+    near.resize(num_in);
+    // Pass 2: a histogram of the kept scores over the buckets; those of
+    // buckets with targets are kept again.
+    int32_t* const bucket_counts = histogram.data();
+    int32_t* const near_kept = near.data();
+    int64_t num_near = 0;
+    for (int64_t k = 0; k < num_in; ++k) {
+      const int b = index.bucket(kept_scores[k]);
+      ++bucket_counts[b];
+      near_kept[num_near] = static_cast<int32_t>(k);
+      num_near += has_targets[b];
+    }
+    // Pass 3: those located among their bucket's targets (p = end(b): before
+    // none of them, adds nothing).
+    int64_t* const located = counts.data();
     for (int64_t k = 0; k < num_near; ++k) {
-      const int64_t i = near[k];
-      const float s = scores[i];
+      const int64_t kept = near_kept[k];
+      const float s = kept_scores[kept];
       const int b = index.bucket(s);
-      const int p = index.locate_in(b, s, i);
-      if (p < index.end(b)) ++counts[p];
+      const int p = index.locate_in(b, s, kept_cols[kept]);
+      located[p] += p < index.end(b);
     }
     exclusions(row);
     for (const int64_t i : excluded) {  // counted above: taken back
@@ -268,16 +307,23 @@ struct RowRanker {
       const int p = index.locate_in(b, s, i);
       if (p < index.end(b)) --counts[p];
     }
-    // Targets in ranking order, bucket by bucket from the top: the scores of
-    // the buckets above, then those of its own bucket located at or before it.
-    int64_t before_bucket = above;
+    // A target's rank: the scores of the buckets above its own, then those of
+    // its own bucket located at or before it. Both as running sums, without
+    // a branch per bucket: one over the buckets from the top, one over the
+    // targets in ranking order (`within` restarts where the bucket changes).
+    before_buckets.resize(num_buckets);
+    int64_t running = above;
     for (int b = num_buckets - 1; b >= 0; --b) {
-      int64_t within = 0;
-      for (int p = index.begin(b); p < index.end(b); ++p) {
-        within += counts[p];
-        out[order[p]] = before_bucket + within;
-      }
-      before_bucket += histogram[b];
+      before_buckets[b] = running;
+      running += histogram[b];
+    }
+    int64_t within = 0;
+    int previous_bucket = -1;
+    for (int64_t p = 0; p < num_targets; ++p) {
+      const int b = index.buckets_of[p];
+      within = (b == previous_bucket ? within : 0) + counts[p];
+      previous_bucket = b;
+      out[order[p]] = before_buckets[b] + within;
     }
   }
 
