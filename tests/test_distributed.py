@@ -40,14 +40,22 @@ def setup(tmp_path_factory):
     return folder, users_dat
 
 
-def _same_run(one, two, *, exact=True):
+def _same_run(one, two, *, exact=True, flips=False):
     """Two runs with the same trajectory: bit for bit, or (``exact=False``, data
     parallel) up to float rounding. Data-parallel processes sum their shares of
     each batch's gradient in another order than one process adds them up: each
     step differs by float32 rounding (measured: loss terms within 2e-7
     relative, weights within 6e-7 absolute after 3 epochs of DCD). A rounding
     difference can swap two nearly tied scores in a ranking, so a metric may
-    move by one user's hit: at most 1/users."""
+    move by one user's hit: at most 1/users.
+
+    ``flips``: RD's sampled ranks count score comparisons, and a rounding
+    difference can flip one, which moves that user's weights by more than
+    rounding (measured after one epoch: loss terms within 2e-5 relative, and 1
+    to 4 of 1,200-2,640 weights of a table off by up to 2.2e-4). Then the loss
+    terms agree within 1e-4 and at most 1% of each table's weights differ by
+    more than 1e-5: a flip touches a few rows, where draws that differed
+    between the processes would move nearly all of them."""
     a, b = (json.loads((d / "results.json").read_text()) for d in (one, two))
     clean = [[{k: v for k, v in r.items() if k not in TIMING and k != "validation_seconds"} for r in x["history"]]
              for x in (a, b)]
@@ -57,7 +65,7 @@ def _same_run(one, two, *, exact=True):
         assert a["test"] == b["test"] and clean[0] == clean[1]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
         return
-    one_user = 1.0 / 150
+    one_user = 1.0 / 150 + 1e-12  # the float difference of two metrics one hit apart can exceed 1/150 by rounding
     assert b["test"] == pytest.approx(a["test"], abs=one_user)
     assert len(clean[0]) == len(clean[1])
     for ra, rb in zip(*clean):
@@ -66,9 +74,12 @@ def _same_run(one, two, *, exact=True):
             if key == "valid":
                 assert rb[key] == pytest.approx(value, abs=one_user)
             elif isinstance(value, float):
-                assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+                assert rb[key] == pytest.approx(value, rel=1e-4 if flips else 1e-5, abs=1e-7), key
     for k in weights[0]:
-        torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-5)
+        if flips:
+            assert ((weights[1][k] - weights[0][k]).abs() > 1e-5).float().mean() <= 0.01, k
+        else:
+            torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-5)
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two processes did add up
 
 
@@ -76,7 +87,10 @@ def _same_run(one, two, *, exact=True):
     ("dcd", ["--data-parallel"], "data-parallel"),
     ("rd", ["--data-parallel", "-o", "warmup=0", "-o", "rank_every=1"], "data-parallel"),
     ("student", ["--data-parallel"], "data-parallel"),
-    ("de", ["--data-parallel"], "replicated"),  # its experts draw per batch: every process trains the whole batch
+    # per-batch draws (the experts' Gumbel noise, sampled ranks) made for the whole batch, then shared
+    ("de", ["--data-parallel"], "data-parallel"),
+    # one epoch: sampled ranks count score comparisons, which rounding can flip, and flips compound
+    ("rd", ["--data-parallel", "-o", "warmup=0", "-o", "rank_estimate=sampled", "--epochs", "1"], "data-parallel"),
     ("rrd", [], "replicated"),  # the default
     ("dcd", [], "replicated"),  # corrections drawn by each process for its rows, bit for bit one process's
     # each process ranks and draws its users' share of every sampling round
@@ -85,8 +99,8 @@ def _same_run(one, two, *, exact=True):
 def test_two_processes_train_like_one_process_run(setup, method, options, training):
     folder, users_dat = setup
     args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", method,
-            *options, "--top", "40", "--dim", "8", "--epochs", "3", "--lr", "0.01", "--no-progress", "-q"]
-    run = f"{method}-{training}"
+            "--top", "40", "--dim", "8", "--epochs", "3", "--lr", "0.01", "--no-progress", "-q", *options]
+    run = "-".join([method, *[o.split("=")[1] for o in options if o.startswith("rank_estimate=")], training])
     proc = torchrun(*args, "--out", folder / f"{run}-2", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("saved:") == 1  # rank 0 alone prints
@@ -104,7 +118,8 @@ def test_two_processes_train_like_one_process_run(setup, method, options, traini
     one = torch_load(cache, "rankings cache")
     assert torch.equal(one["items_of_user"], two["items_of_user"]) and torch.equal(one["users_of_item"],
                                                                                    two["users_of_item"])
-    _same_run(folder / f"{run}-1", folder / f"{run}-2", exact=training == "replicated")
+    _same_run(folder / f"{run}-1", folder / f"{run}-2", exact=training == "replicated",
+              flips="rank_estimate=sampled" in options)
     assert sorted(p.name for p in (folder / f"{run}-2").iterdir()) == sorted(
         p.name for p in (folder / f"{run}-1").iterdir())
 

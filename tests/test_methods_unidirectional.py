@@ -149,11 +149,11 @@ def test_de_selection_becomes_one_hot_as_the_temperature_falls():
     teacher = torch.randn(500, 6)
     largest = []
     for tau in (annealed_temperature(p, 10, 1.0, 1e-10) for p in range(11)):
-        selection = experts.selection(teacher, tau, torch.Generator().manual_seed(2)).detach()
+        selection = experts.selection(teacher, tau, experts.gumbel(500, torch.Generator().manual_seed(2))).detach()
         torch.testing.assert_close(selection.sum(dim=1), torch.ones(500))
         largest.append(float(selection.max(dim=1).values.mean()))
     assert largest[0] < 0.9 and all(b >= a - 1e-6 for a, b in zip(largest, largest[1:]))
-    one_hot = experts.selection(teacher, 1e-10, torch.Generator().manual_seed(2)).detach()
+    one_hot = experts.selection(teacher, 1e-10, experts.gumbel(500, torch.Generator().manual_seed(2))).detach()
     assert torch.equal(one_hot.max(dim=1).values, torch.ones(500)) and int((one_hot > 0).sum()) == 500
     assert annealed_temperature(0, 10, 1.0, 1e-10) == 1.0
     assert annealed_temperature(5, 10, 1.0, 1e-10) == pytest.approx(1e-5)

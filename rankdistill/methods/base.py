@@ -253,10 +253,11 @@ class RowSchedule:
     def next_batch(self) -> None:
         self.index += 1
 
-    def rows(self, side: str, n_rows: int, batch_ids: torch.Tensor) -> torch.Tensor:
+    def rows(self, side: str, n_rows: int, batch_ids: torch.Tensor, *, share: bool = True) -> torch.Tensor:
         """``batch``: the distinct ``batch_ids`` (the batch's users or positive
         items); ``spread``: this batch's share of a shuffled ``range(n_rows)``.
-        Under data-parallel training, this process's share of those."""
+        Under data-parallel training, this process's share of those
+        (``share=False``: all of them; ``share`` them later)."""
         if self.mode == "batch":
             rows = torch.unique(batch_ids)
         else:
@@ -267,11 +268,18 @@ class RowSchedule:
                 raise ConfigError(f"rows='spread' was told of {self._n_batches} batches per epoch "
                                   "(refresh(epoch, batches=N)) and got more")
             rows = self._permutations[side][self.index]
+        return self.share(side, rows) if share else rows
+
+    def share(self, side: str, per_row: torch.Tensor) -> torch.Tensor:
+        """This process's share of a batch's rows of ``side``, or of anything
+        laid out by those rows (``[rows, ...]``, e.g. random numbers drawn for
+        all the batch's rows, the same on every process and as one process
+        draws them); all of it on one process."""
         if self.shard is None:
-            return rows
-        self._rows_in_batch[side] = len(rows)
-        start, stop = distributed.row_shard_of(len(rows), *self.shard)
-        return rows[start:stop]
+            return per_row
+        self._rows_in_batch[side] = len(per_row)
+        start, stop = distributed.row_shard_of(len(per_row), *self.shard)
+        return per_row[start:stop]
 
     def mean(self, side: str, per_row: torch.Tensor) -> torch.Tensor:
         """The batch's mean of ``per_row`` over the rows ``rows(side, ...)``
@@ -513,10 +521,11 @@ class Distillation:
     def splits_by_rows(self) -> bool:
         """Whether ``loss`` can be split across data-parallel processes by rows
         with the one-process result: its terms are means (or sums) over the
-        batch's rows and it draws nothing at random per batch. The others
-        (DE: Gumbel selection per batch; RD with sampled ranks; BD and iBD:
-        means over listed entries, and a teacher trained on the batch) train
-        replicated under torchrun."""
+        batch's rows, and what it draws per batch it draws for all the batch's
+        rows on every process before taking its share (DE's Gumbel noise,
+        RD's sampled ranks). The others (BD and iBD: means over listed
+        entries, and a teacher trained on the batch) train replicated under
+        torchrun."""
         return True
 
     def shard_rows(self, process: int, processes: int) -> None:
@@ -565,8 +574,11 @@ class Distillation:
         as ``Side.catalogue_ranks(..., gather=False)`` gives them."""
         return {}
 
-    def batch_rows(self, side: Side, batch: Batch) -> torch.Tensor:
-        """The rows of ``side`` that this batch distils (see ``MethodOptions.rows``)."""
+    def batch_rows(self, side: Side, batch: Batch, *, share: bool = True) -> torch.Tensor:
+        """The rows of ``side`` that this batch distils (see
+        ``MethodOptions.rows``): under data-parallel training this process's
+        share of them (``share=False``: all of them, for draws made per row
+        before ``schedule.share`` takes this process's part)."""
         if side.name == "user":
             ids = batch.users
         elif batch.pos_items is not None:
@@ -575,7 +587,7 @@ class Distillation:
             ids = batch.users  # only its device is read
         else:
             raise ConfigError(f"{self.name}: rows='batch' on the item side needs the batch's pos_items")
-        return self.schedule.rows(side.name, side.n_rows, ids)
+        return self.schedule.rows(side.name, side.n_rows, ids, share=share)
 
     def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
         return {}

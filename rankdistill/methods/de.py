@@ -34,6 +34,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import ConfigError
 from ..scoring import Scorer
 from .base import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Batch, Distillation, MethodOptions, evaluation_mode, option
@@ -89,17 +90,21 @@ class Experts(nn.Module):
         hidden = torch.relu(torch.einsum("bd,ndh->bnh", student, self.w1) + self.b1)
         return torch.einsum("bnh,nht->bnt", hidden, self.w2) + self.b2
 
-    def selection(self, teacher: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
-        """``[B, n]`` Gumbel-softmax selection from the teacher's ``[B, d_t]``."""
+    def gumbel(self, rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        """``[rows, n]`` Gumbel(0, 1) noise for the selection of ``rows`` rows."""
+        exponential = torch.empty((rows, self.select_b.shape[0]), dtype=self.select_b.dtype,
+                                  device=self.select_b.device).exponential_(generator=generator)
+        return -torch.log(exponential.clamp_min(torch.finfo(exponential.dtype).tiny))
+
+    def selection(self, teacher: torch.Tensor, tau: float, gumbel: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` Gumbel-softmax selection from the teacher's ``[B, d_t]`` and the noise ``[B, n]``."""
         log_alpha = torch.log_softmax(teacher @ self.select_w + self.select_b, dim=1)
-        exponential = torch.empty_like(log_alpha).exponential_(generator=generator)
-        gumbel = -torch.log(exponential.clamp_min(torch.finfo(exponential.dtype).tiny))
         return torch.softmax((log_alpha + gumbel) / tau, dim=1)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, tau: float,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                gumbel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction ``[B, d_t]`` of the teacher's representation and the selection ``[B, n]``."""
-        selection = self.selection(teacher, tau, generator)
+        selection = self.selection(teacher, tau, gumbel)
         return torch.einsum("bn,bnt->bt", selection, self.outputs(student)), selection
 
 
@@ -146,9 +151,10 @@ class DE(Distillation):
         return {}
 
     def entities(self, side: str, batch: Batch) -> torch.Tensor:
-        """The users (items) of this batch whose representations are distilled."""
+        """The users (items) of this batch whose representations are distilled
+        (all of them: under data-parallel training, share them)."""
         if side == "user" or self.options.rows == "spread":
-            return self.batch_rows(self.side(side), batch)
+            return self.batch_rows(self.side(side), batch, share=False)
         if batch.pos_items is None or batch.neg_items is None:
             raise ConfigError(f"{self.name}: rows='batch' distils the batch's items: pass pos_items and neg_items")
         return torch.unique(torch.cat([batch.pos_items, batch.neg_items.reshape(-1)]))
@@ -157,27 +163,30 @@ class DE(Distillation):
         total = 0.0
         for side, experts in self.experts.items():
             ids = self.entities(side, batch)
+            # The noise of all the batch's entities, then this process's share
+            # of both: data-parallel processes draw what one process draws.
+            gumbel = experts.gumbel(len(ids), self.context.generator)
+            ids, gumbel = self.schedule.share(side, ids), self.schedule.share(side, gumbel)
             with torch.no_grad():
                 target = _representation(self.teacher, side, ids)
-            reconstruction, selection = experts(_representation(model, side, ids), target, self.tau,
-                                                self.context.generator)
+            reconstruction, selection = experts(_representation(model, side, ids), target, self.tau, gumbel)
             per_entity = (target - reconstruction).square().sum(dim=1)
-            total = total + (per_entity.mean() if self.options.reduction == "mean" else per_entity.sum())
-            self._selected.append(selection.detach().max(dim=1).values.mean())
+            total = total + (self.schedule.mean(side, per_entity) if self.options.reduction == "mean"
+                             else per_entity.sum())
+            self._selected.append(self.schedule.mean(side, selection.detach().max(dim=1).values))
         return {"de": self.options.lambda_de * total}
 
     def epoch_log(self) -> dict[str, float]:
         log = {**self._log, "de_tau": self.tau}
         if self._selected:  # how one-hot the selection was: 1 = one expert per entity
-            log["de_selection"] = float(torch.stack(self._selected).mean())
+            selected = torch.stack(self._selected).mean()
+            if self.schedule.shard is not None:  # each process's part of each batch mean; all call this per epoch
+                selected = distributed.sum_across([selected])[0]
+            log["de_selection"] = float(selected)
         return log
 
     def parameters(self) -> Iterable[nn.Parameter]:
         return list(self.experts.parameters())
-
-    @property
-    def splits_by_rows(self) -> bool:
-        return False  # the experts' Gumbel selection draws per batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"experts": self.experts.state_dict()}

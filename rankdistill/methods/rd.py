@@ -108,26 +108,27 @@ class RD(Distillation):
 
     def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
         o, side = self.options, self.side("user")
-        rows = self.batch_rows(side, batch)
+        rows = self.batch_rows(side, batch, share=False)
+        sampled = self.epoch >= o.warmup and o.rank_estimate == "sampled"
+        # Drawn for all the batch's rows, then this process's share of both:
+        # data-parallel processes draw what one process draws.
+        if sampled:
+            samples = self.schedule.share(
+                "user", sample_unobserved(side.observed, rows, o.rank_samples, generator=self.context.generator))
+        rows = self.schedule.share("user", rows)
         cols = self._top(side)[rows]
         scores = side.scores(model, rows, cols)
-        ranks = None
-        if self.epoch >= o.warmup:
-            if o.rank_estimate == "exact":
-                ranks = self.student_rank[rows]
-            else:
-                samples = sample_unobserved(side.observed, rows, o.rank_samples, generator=self.context.generator)
-                with evaluation_mode(model):
-                    sample_scores = side.scores(model, rows, samples)
-                    ranks = sampled_ranks(scores.detach(), sample_scores, side.n_cols - side.observed.counts[rows])
+        ranks = None  # warm-up
+        if sampled:
+            with evaluation_mode(model):
+                sample_scores = side.scores(model, rows, samples)
+                ranks = sampled_ranks(scores.detach(), sample_scores, side.n_cols - side.observed.counts[rows])
+        elif self.epoch >= o.warmup:
+            ranks = self.student_rank[rows]
         weights = rd_weights(ranks, self.position[: cols.shape[1]], mu=o.mu, renormalize=o.renormalize)
         weights = weights.masked_fill(cols < 0, 0.0)  # rows with fewer than K unobserved items
         per_row = -(weights * F.logsigmoid(scores)).sum(dim=1)
         return {"rd": o.lambda_rd * self.schedule.mean("user", per_row)}
-
-    @property
-    def splits_by_rows(self) -> bool:
-        return self.options.rank_estimate == "exact"  # sampled ranks draw per batch
 
     # Exact ranks live for rank_every epochs: a resumed run needs them.
     def state_dict(self) -> dict[str, Any]:
