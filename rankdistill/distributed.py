@@ -99,6 +99,17 @@ def row_shard_of(n_rows: int, which: int, size: int) -> tuple[int, int]:
     return start, start + base + (1 if which < extra else 0)
 
 
+def pair_share(n_pairs: int, shard: tuple[int, int] | None) -> tuple[slice, float]:
+    """Data-parallel training: the process ``shard = (which, size)``'s
+    contiguous share of a batch's ``n_pairs`` training pairs, and the weight of
+    its batch mean (its fraction of the pairs), so that the processes' terms
+    add up to the batch mean; all of them, weight 1, for ``shard=None``."""
+    if shard is None:
+        return slice(0, n_pairs), 1.0
+    start, stop = row_shard_of(n_pairs, *shard)
+    return slice(start, stop), (stop - start) / max(n_pairs, 1)
+
+
 def gather_rows(local: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Every process's ``row_shard(n_rows)`` rows of a tensor, concatenated in
     row order, on every process (the identity for one process)."""

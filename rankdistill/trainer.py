@@ -434,11 +434,9 @@ class Trainer:
         embeddings it uses per training pair; data-parallel, this process's
         part of each: the batch mean over its share of the pairs, weighted by
         the share."""
-        share = 1.0
-        if self.data_parallel:
-            start, stop = distributed.row_shard(len(users))
-            share = (stop - start) / len(users)
-            users, pos_items, neg_items = users[start:stop], pos_items[start:stop], neg_items[start:stop]
+        mine, share = distributed.pair_share(
+            len(users), (distributed.rank(), distributed.world_size()) if self.data_parallel else None)
+        users, pos_items, neg_items = users[mine], pos_items[mine], neg_items[mine]
         terms = {"loss": self.model.loss(users, pos_items, neg_items) if len(users) else
                  torch.zeros((), device=self.device)}
         if self.config.l2:

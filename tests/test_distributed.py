@@ -95,6 +95,8 @@ def _same_run(one, two, *, exact=True, flips=False):
     ("dcd", [], "replicated"),  # corrections drawn by each process for its rows, bit for bit one process's
     # each process ranks and draws its users' share of every sampling round
     ("ibd", ["-o", "retain=5", "-o", "update_every=2"], "replicated"),
+    # and, data-parallel, its co-trained teacher on its share of each batch's pairs
+    ("ibd", ["--data-parallel", "-o", "retain=5", "-o", "update_every=2"], "data-parallel"),
 ])
 def test_two_processes_train_like_one_process_run(setup, method, options, training):
     folder, users_dat = setup

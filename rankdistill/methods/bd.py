@@ -152,16 +152,18 @@ def retain_uncorrected(previous: torch.Tensor, student_rank: torch.Tensor, teach
 
 
 def soft_label_bce(logits: torch.Tensor, target_scores: torch.Tensor, mask: torch.Tensor,
-                   temperature: float) -> torch.Tensor:
+                   temperature: float, count: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy of ``logits / T`` to the soft labels
     ``p = sigmoid(target_scores / T)``, averaged over the ``mask``ed entries,
     less the labels' own entropy ``H(p)``: the value is the binary KL
     divergence (0 at a perfect match, so that its fall shows), the gradient
-    that of the cross-entropy (``H(p)`` does not depend on ``logits``)."""
+    that of the cross-entropy (``H(p)`` does not depend on ``logits``).
+    ``count``: the entries to average over (default: the masked ones; under
+    data-parallel training, those of all the processes' shares)."""
     targets = torch.sigmoid(target_scores / temperature)
     losses = F.binary_cross_entropy_with_logits(logits / temperature, targets, reduction="none")
     entropy = F.binary_cross_entropy_with_logits(target_scores / temperature, targets, reduction="none")
-    count = mask.sum()
+    count = mask.sum() if count is None else count
     return ((losses - entropy) * mask).sum() / count.clamp_min(1)
 
 
@@ -246,7 +248,8 @@ class BD(Distillation):
 
     @property
     def splits_by_rows(self) -> bool:
-        return False  # its terms average over the batch's listed entries, and the teacher trains on the batch too
+        # its teacher's own loss takes the process's share of the batch's pairs, unless it draws in its loss
+        return not self.teacher.draws_in_loss
 
     def co_trained(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}
@@ -340,19 +343,29 @@ class BD(Distillation):
         if batch.pos_items is None or batch.neg_items is None:
             raise ConfigError(f"{self.name} trains the teacher on the batch: pass pos_items and neg_items")
         teacher, temperature = self.teacher, self.options.temperature
-        rows = self.schedule.rows("user", self.teacher.n_users, batch.users)
-        out = {"teacher_loss": teacher.loss(batch.users, batch.pos_items, batch.neg_items)}
+        # Under data-parallel training each process takes its share of the
+        # batch's pairs (the teacher's loss, weighted as the trainer weighs
+        # the student's) and of its rows; the terms average over the listed
+        # entries of all the batch's rows, counted by every process alike.
+        mine, share = distributed.pair_share(len(batch.users), self.schedule.shard)
+        teacher_loss = (teacher.loss(batch.users[mine], batch.pos_items[mine], batch.neg_items[mine]) * share
+                        if mine.stop > mine.start else torch.zeros((), device=batch.users.device))
+        out = {"teacher_loss": teacher_loss}
+        all_rows = self.schedule.rows("user", self.teacher.n_users, batch.users, share=False)
+        rows = self.schedule.share("user", all_rows)
         weights = self.direction_weights()
         for d, learner, guide, name in (("ts", model, teacher, "bd_ts"), ("st", teacher, model, "bd_st")):
             if weights[d] <= 0:
                 continue
-            cols = self.distilled(d)[rows]
+            distilled = self.distilled(d)
+            cols = distilled[rows]
             mask = cols >= 0
             cols = cols.clamp_min(0)
             logits = learner.score_items(rows, cols)
             with evaluation_mode(guide):  # the other model's prediction, without gradient or training noise
                 targets = guide.score_items(rows, cols)
-            out[name] = weights[d] * soft_label_bce(logits, targets, mask, temperature)
+            count = (distilled[all_rows] >= 0).sum()
+            out[name] = weights[d] * soft_label_bce(logits, targets, mask, temperature, count)
         return out
 
     # ---- exact resume: the teacher and the current samples
