@@ -153,6 +153,7 @@ class Side:
         self.observed = ObservedItems(self.observed_rows, self.indices, self.n_rows, self.n_cols, device)
         self.teacher_rank = torch.arange(self.top.shape[1], device=device).expand_as(self.top).contiguous()
         self.padding = self.top < 0
+        self.has_padding = bool(self.padding.any())  # rows with fewer than C candidates: rare
 
     @property
     def device(self) -> torch.device:

@@ -67,9 +67,9 @@ def select_discrepancies(side: Side, student_rank: torch.Tensor, k: int, *, mu: 
     ``R`` rows ``first_row..`` of ``side`` whose ranks ``student_rank`` holds
     (``first_row``: as in ``discrepancy_sample``)."""
     rows = slice(first_row, first_row + student_rank.shape[0])
-    top, teacher_rank, padding = side.top[rows], side.teacher_rank[rows], side.padding[rows]
-    # Padding gets R_S = R_T: no discrepancy, never selected.
-    student_rank = torch.where(padding, teacher_rank, student_rank)
+    top, teacher_rank = side.top[rows], side.teacher_rank[rows]
+    if side.has_padding:  # padding gets R_S = R_T: no discrepancy, never selected
+        student_rank = torch.where(side.padding[rows], teacher_rank, student_rank)
     if sampling:
         positions = discrepancy_sample(student_rank, teacher_rank, min(k, student_rank.shape[1]), mu=mu,
                                        direction=direction, generator=generator, sorted=True, first_row=first_row)
