@@ -145,3 +145,32 @@ def test_distinct_draws_cover_every_unobserved_item_when_k_is_all_of_them():
                               generator=torch.Generator().manual_seed(1))
     for row in draws.tolist():
         assert sorted(row) == [0, 1, 3, 4, 6, 7]
+
+
+@pytest.mark.parametrize("n_users, n_items", [(7, 13), (40, 301), (1, 1)])  # bits not a multiple of 8 too
+def test_observed_bits_and_sorted_keys_agree(n_users, n_items):
+    # Membership by a bit per pair (small catalogues) and by binary search
+    # (large ones), against a Python set; repeated pairs, every pair queried,
+    # users broadcast against items; the samplers draw the same with either.
+    gen = torch.Generator().manual_seed(n_users * n_items)
+    users = torch.randint(n_users, (3 * n_users * n_items // 4 + 1,), generator=gen)
+    items = torch.randint(n_items, users.shape, generator=gen)
+    pairs = set(zip(users.tolist(), items.tolist()))
+    bits, keys = (ObservedItems(users, items, n_users, n_items, bitset=b) for b in (True, False))
+    assert bits.bits is not None and keys.bits is None and torch.equal(bits.counts, keys.counts)
+    all_users = torch.arange(n_users)[:, None].expand(n_users, n_items)
+    all_items = torch.arange(n_items).expand(n_users, n_items)
+    expected = torch.tensor([[(u, i) in pairs for i in range(n_items)] for u in range(n_users)])
+    assert torch.equal(bits.contains(torch.arange(n_users)[:, None], all_items), expected)
+    assert torch.equal(keys.contains(all_users, all_items), expected)
+    empty = ObservedItems(torch.tensor([], dtype=torch.int64), torch.tensor([], dtype=torch.int64), n_users, n_items,
+                          bitset=True)
+    assert not empty.contains(all_users, all_items).any()
+    free = n_items - int(bits.counts.max())
+    if free:
+        rows = torch.arange(n_users).repeat(5)
+        for distinct, k in ((False, 3), (True, free)):
+            draws = [sample_unobserved(o, rows, k, distinct=distinct, generator=torch.Generator().manual_seed(2))
+                     for o in (bits, keys)]
+            assert torch.equal(draws[0], draws[1])
+            assert not any((u, i) in pairs for u, row in zip(rows.tolist(), draws[0].tolist()) for i in row)
