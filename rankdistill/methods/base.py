@@ -522,10 +522,10 @@ class Distillation:
     def splits_by_rows(self) -> bool:
         """Whether ``loss`` can be split across data-parallel processes by rows
         with the one-process result: its terms are means (or sums) over the
-        batch's rows or their entries, and what it draws per batch it draws for all the batch's
-        rows on every process before taking its share (DE's Gumbel noise,
-        RD's sampled ranks). The others (BD and iBD with a teacher that draws
-        in its loss) train replicated under torchrun."""
+        batch's rows or their entries, and what it draws per batch it draws
+        for all the batch's rows on every process before taking its share
+        (DE's Gumbel noise, RD's sampled ranks). The others (BD and iBD with a
+        teacher that draws in its loss) train replicated under torchrun."""
         return True
 
     def shard_rows(self, process: int, processes: int) -> None:
