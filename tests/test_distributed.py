@@ -179,3 +179,17 @@ def test_row_shards_cover_the_rows_in_order():
     rows = torch.arange(12).view(6, 2)
     assert torch.equal(distributed.gather_rows(rows, 6), rows)
     assert np.array_equal(distributed.row_shard_of(10, 1, 3), (4, 7))
+
+
+def test_pair_shares_weight_the_batch_mean():
+    # Each process's mean over its share of a batch's pairs, times its weight,
+    # summed over the processes, is the batch mean (an empty share weighs 0).
+    values = torch.arange(10, dtype=torch.float64) ** 2
+    for n in (1, 2, 7, 10):
+        for size in (1, 2, 3, 4):
+            shares = [distributed.pair_share(n, (r, size)) for r in range(size)]
+            assert sum(weight for _, weight in shares) == pytest.approx(1.0)
+            total = sum(values[:n][mine].mean() * weight for mine, weight in shares if mine.stop > mine.start)
+            assert float(total) == pytest.approx(float(values[:n].mean()))
+    assert distributed.pair_share(5, None) == (slice(0, 5), 1.0)
+    assert distributed.pair_share(0, (1, 2)) == (slice(0, 0), 0.0)
