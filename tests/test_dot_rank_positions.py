@@ -23,6 +23,15 @@ def on(device, *tensors):
     return tuple(t.to(device) for t in tensors)
 
 
+def non_contiguous(users, items):
+    """The same values as ``users`` in column-major order and as ``items``
+    with a stride of 2."""
+    users_t = users.T.contiguous().T
+    items_strided = torch.stack([items, torch.zeros_like(items)], dim=2)[..., 0]
+    assert not users_t.is_contiguous() and not items_strided.is_contiguous()
+    return users_t, items_strided
+
+
 @pytest.mark.parametrize("num_targets", [1, 7, 40])  # counting and (40 of 50 columns) sorting on the CPU
 @pytest.mark.parametrize("with_exclude", [False, True])
 def test_matches_definition_with_ties(device, num_targets, with_exclude):
@@ -91,9 +100,7 @@ def test_random_embeddings_rank_their_own_scores(device):
 def test_non_contiguous_embeddings_and_the_item_side(device):
     gen = torch.Generator().manual_seed(8)
     users, items = small_integer_embeddings(30, 500, 6, gen)
-    users_t = users.T.contiguous().T  # column-major
-    items_strided = torch.stack([items, torch.zeros_like(items)], dim=2)[..., 0]  # a stride of 2
-    assert not users_t.is_contiguous() and not items_strided.is_contiguous()
+    users_t, items_strided = non_contiguous(users, items)
     user_targets = torch.randint(0, 500, (30, 12), generator=gen)
     item_targets = torch.randint(0, 30, (500, 4), generator=gen)
     scores = users @ items.T

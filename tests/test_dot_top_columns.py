@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rankdistill import ops, reference
 
-from test_dot_rank_positions import on, small_integer_embeddings
+from test_dot_rank_positions import non_contiguous, on, small_integer_embeddings
 from test_rank_positions import random_exclude
 
 
@@ -87,9 +87,7 @@ def test_extreme_values(device):
 def test_non_contiguous_embeddings_and_the_item_side(device):
     gen = torch.Generator().manual_seed(4)
     users, items = small_integer_embeddings(30, 200, 6, gen)
-    users_t = users.T.contiguous().T  # column-major
-    items_strided = torch.stack([items, torch.zeros_like(items)], dim=2)[..., 0]  # a stride of 2
-    assert not users_t.is_contiguous() and not items_strided.is_contiguous()
+    users_t, items_strided = non_contiguous(users, items)
     scores = users @ items.T
     got = ops.dot_top_columns(*on(device, users_t, items_strided), 20)
     assert torch.equal(got.cpu(), brute_force_top(scores, 20, [set()] * 30))

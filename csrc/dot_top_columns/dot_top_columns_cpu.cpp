@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "../dot_rank_positions/score_blocks_cpu.h"
@@ -25,18 +24,6 @@ namespace {
 // for a small product (16 rows took 2.3 s where 4 took 3.1 s, 5,000 x 100,000).
 constexpr int64_t kMinBlockRows = 16;
 
-// The score of a cpu::ranking_key (its upper half inverted back).
-inline float score_of_key(uint64_t key) {
-  const uint32_t ascending = ~static_cast<uint32_t>(key >> 32);
-  const uint32_t bits = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
-  float score;
-  std::memcpy(&score, &bits, sizeof(score));
-  return score;
-}
-
-// One row's k best columns (smallest ranking keys: score descending, column
-// ascending) into out[0..k), -1 padded; `excluded` sorted. Returns false if a
-// score is NaN (nothing is written then).
 // Scores scanned per step: their maximum (a vectorised reduction) against
 // the threshold rejects most steps without looking at each score.
 constexpr int64_t kScanStep = 16;
@@ -60,7 +47,7 @@ bool select_row(const scalar_t* scores, int64_t num_cols, int64_t k, const std::
     if (static_cast<int64_t>(keys.size()) == 2 * k) {
       std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end());
       keys.resize(k);
-      threshold = score_of_key(keys[k - 1]);  // the k-th best: nth_element put the better ones before it
+      threshold = cpu::score_of_key(keys[k - 1]);  // the k-th best: nth_element put the better ones before it
     }
   };
   int64_t i = 0;

@@ -42,6 +42,15 @@ inline uint64_t ranking_key(float score, int64_t col) {
   return (static_cast<uint64_t>(~ascending_key(score)) << 32) | static_cast<uint32_t>(col);
 }
 
+// The score of a ranking_key (its upper half mapped back).
+inline float score_of_key(uint64_t key) {
+  const uint32_t ascending = ~static_cast<uint32_t>(key >> 32);
+  const uint32_t bits = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
+  float score;
+  std::memcpy(&score, &bits, sizeof(score));
+  return score;
+}
+
 // A row's targets in ranking order, with a table of equal-width buckets over
 // the range of their scores: a score's bucket bounds the targets it can fall
 // between, so locating it costs a short search instead of log2(T)
