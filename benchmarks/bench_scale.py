@@ -9,12 +9,14 @@ The models are BPR embeddings drawn at random (ranking costs the same for a
 trained model) and each user has ``--per-user`` random training items: no
 [users, items] matrix is ever built (rankdistill.data.synthetic draws a dense
 one and does not scale to this size). Reported per process: wall seconds of
-each step and peak resident memory (ru_maxrss); rank 0 prints and saves.
+each step, the peak resident memory during each step (Linux's VmHWM, reset
+before it) and over the whole run (ru_maxrss); rank 0 prints and saves.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -22,18 +24,39 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rankdistill import DCD, DistillContext, InteractionMatrix, compute_rankings, distributed  # noqa: E402
+from rankdistill.blocks import csr_rows, row_blocks  # noqa: E402
 from rankdistill.distributed_items import shard_bounds, sharded_rank_positions  # noqa: E402
 from rankdistill.models import BPR  # noqa: E402
 
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or at its peak since the
+    last ``reset_peak`` (``VmHWM``), from Linux's /proc/self/status."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def reset_peak() -> None:
+    """Start a new peak (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
 
 
 def random_bpr(n_users: int, n_items: int, dim: int, seed: int) -> BPR:
@@ -60,6 +83,15 @@ def main() -> None:
     distributed.init_from_environment("cpu")
     world, me = distributed.world_size(), distributed.rank()
     times: dict[str, float] = {}
+    peaks: dict[str, float] = {}  # each step's peak resident memory (MB)
+
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        reset_peak()
+        start = time.perf_counter()
+        yield
+        times[name] = time.perf_counter() - start
+        peaks[name] = resident_mb("VmHWM")
 
     generator = torch.Generator().manual_seed(0)
     users = torch.arange(args.users).repeat_interleave(args.per_user)
@@ -68,15 +100,13 @@ def main() -> None:
     teacher = random_bpr(args.users, args.items, args.teacher_dim, seed=1)
     student = random_bpr(args.users, args.items, args.student_dim, seed=2)
 
-    start = time.perf_counter()
-    rankings = compute_rankings(teacher, interactions, args.top)
-    times["teacher top-C lists (both sides)"] = time.perf_counter() - start
+    with step("teacher top-C lists (both sides)"):
+        rankings = compute_rankings(teacher, interactions, args.top)
 
     context = DistillContext(student, interactions, generator=torch.Generator().manual_seed(0))
     method = DCD(context, teacher, rankings, DCD.Options(rows="batch", diagnose_every=0))
-    start = time.perf_counter()
-    method.refresh(0)  # epoch 0: RRD's samples and one correction, both sides
-    times["one DCD correction (both sides) + RRD samples"] = time.perf_counter() - start
+    with step("one DCD correction (both sides) + RRD samples"):
+        method.refresh(0)  # epoch 0: RRD's samples and one correction, both sides
 
     # Item-sharded: each process holds its shard of the item embeddings only.
     first, last = shard_bounds(args.items, me, world)
@@ -85,17 +115,20 @@ def main() -> None:
     targets = rankings.items_of_user[rows]
     indptr, indices = interactions.csr("user")
     exclude = (indptr[:len(rows) + 1], indices[:int(indptr[len(rows)])])
-    start = time.perf_counter()
-    with torch.no_grad():
-        scores_shard = teacher.user_emb.weight[rows] @ item_shard.T
-        ranks = sharded_rank_positions(scores_shard, first, args.items, targets.clamp_min(0), exclude=exclude)
-    times[f"item-sharded ranks of {len(rows):,} users' top-{args.top}"] = time.perf_counter() - start
+    ranks = torch.empty_like(targets)
+    with step(f"item-sharded ranks of {len(rows):,} users' top-{args.top}"), torch.no_grad():
+        # blocks of rows whose [rows, shard] scores fit SCORE_ALL_BUDGET (2,000 x 10^6 scores are 8 GB)
+        for start, stop in row_blocks(len(rows), last - first):
+            scores_shard = teacher.user_emb.weight[rows[start:stop]] @ item_shard.T
+            ranks[start:stop] = sharded_rank_positions(scores_shard, first, args.items,
+                                                       targets[start:stop].clamp_min(0),
+                                                       exclude=csr_rows(*exclude, start, stop))
     # The teacher's own lists rank their items near their positions (not exactly: a shard's matrix product
     # rounds differently from the whole catalogue's; tests/test_distributed_items.py checks exactness).
     positions = torch.arange(targets.shape[1]).expand_as(targets)
     assert float((ranks - positions).abs()[targets >= 0].float().mean()) < 0.05 * targets.shape[1]
 
-    report = {"rank": me, "times": times, "peak_mb": peak_mb()}
+    report = {"rank": me, "times": times, "step_peak_mb": peaks, "peak_mb": peak_mb()}
     everyone = [report]
     if world > 1:
         everyone = [None] * world
@@ -108,8 +141,11 @@ def main() -> None:
              f"(gloo, CPU), {machine}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", "",
              "| step | " + " | ".join(f"rank {r['rank']} s" for r in everyone) + " |",
              "|---|" + "---|" * len(everyone)]
-    for step in times:
-        lines.append(f"| {step} | " + " | ".join(f"{r['times'][step]:.1f}" for r in everyone) + " |")
+    for step_name in times:
+        lines.append(f"| {step_name} | " + " | ".join(f"{r['times'][step_name]:.1f}" for r in everyone) + " |")
+    for step_name in times:
+        lines.append(f"| peak resident memory during: {step_name} (MB) | "
+                     + " | ".join(f"{r['step_peak_mb'][step_name]:,.0f}" for r in everyone) + " |")
     lines.append("| peak resident memory (MB) | " + " | ".join(f"{r['peak_mb']:,.0f}" for r in everyone) + " |")
     text = "\n".join(lines) + "\n"
     print(text)

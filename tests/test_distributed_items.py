@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rankdistill import ops
+from rankdistill import distributed, ops
 from rankdistill.distributed_items import shard_bounds, sharded_rank_positions, sharded_top_columns
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -157,7 +157,17 @@ def job_fail_early(rank, cases):
     time.sleep(2 * WORKER_DEADLINE_S)
 
 
-JOBS = {"cases": job_cases, "nan": job_nan, "fail_early": job_fail_early}
+def job_gather(rank, cases):
+    """``distributed.gather_rows`` of each case's rows, in chunks of a few rows."""
+    distributed.GATHER_CHUNK_BYTES = 100  # several all_gather calls per case
+    out = []
+    for whole in cases:
+        start, stop = distributed.row_shard(len(whole))
+        out.append(distributed.gather_rows(whole[start:stop].clone(), len(whole)))
+    return out
+
+
+JOBS = {"cases": job_cases, "nan": job_nan, "fail_early": job_fail_early, "gather": job_gather}
 
 
 def _worker(rank, world_size, folder, job):
@@ -211,6 +221,17 @@ def test_three_processes_with_an_empty_shard_equal_one(tmp_path):
     results = run_workers(tmp_path / "run", 3, "cases", WORLD_3_CASES)
     for index, case in enumerate(WORLD_3_CASES):
         assert_identical(case, [per_rank[index] for per_rank in results])
+
+
+def test_gather_rows_in_chunks_on_three_processes(tmp_path):
+    # Shards of 0..3 rows (uneven, some empty), rows of 1 to 24 bytes: several chunks each.
+    gen = torch.Generator().manual_seed(0)
+    cases = [torch.randint(-9, 9, (n, *shape), generator=gen) for n in (0, 1, 2, 7, 10)
+             for shape in ((), (3,), (1, 3))] + [torch.rand(8, 5, generator=gen).double()]
+    for per_rank in run_workers(tmp_path / "run", 3, "gather", cases):
+        assert len(per_rank) == len(cases)
+        for got, whole in zip(per_rank, cases):
+            assert got.dtype == whole.dtype and torch.equal(got, whole)
 
 
 def test_nan_in_one_shard_raises_on_every_process(tmp_path):

@@ -241,6 +241,26 @@ def test_dcd_without_sampling_is_deterministic_and_sampling_is_not(split, teache
     assert not torch.equal(corrections("dcd", 0), corrections("dcd", 1))
 
 
+@pytest.mark.parametrize("rank_scope", ["catalogue", "candidates"])
+def test_dcd_draws_in_blocks_of_rows_what_it_draws_in_one(split, teacher, rankings, rank_scope, monkeypatch):
+    # A correction ranks, draws and drops a block of rows at a time (no [rows, C] ranks at 10^6 items):
+    # every block draws from the round's streams with first_row, so blocks draw what one block does.
+    def refreshed():
+        options = {"rank_scope": rank_scope, "diagnose_every": 1, "diagnose_rows": 7, "m_under": 5, "m_over": 5}
+        method = build_method("dcd", distill_context(split, seed=0), teacher, rankings, options)
+        method.refresh(0, batches=batches_per_epoch(split))
+        return method.corrections, method.epoch_log()
+    whole, whole_log = refreshed()
+    monkeypatch.setattr(blocks, "SCORE_ALL_BUDGET", 3 * TOP)  # 1 row per catalogue block, 3 per candidate block
+    blocked, blocked_log = refreshed()
+    assert whole.keys() == blocked.keys() == {"user", "item"}
+    for side in whole:
+        for one, many in zip(whole[side], blocked[side]):
+            assert (one >= 0).any() and torch.equal(one, many)
+    for side in ("user", "item"):
+        assert whole_log[f"discrepancy_{side}"] == blocked_log[f"discrepancy_{side}"] > 0
+
+
 def test_dcd_candidate_scope_ranks_within_the_teachers_list(split, teacher, rankings):
     side = user_side(split, rankings)
     student = new_model(split, 4)

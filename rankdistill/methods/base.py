@@ -151,7 +151,8 @@ class Side:
                               f"(found [{int(self.top.min())}, {int(self.top.max())}])")
         self.observed_rows = torch.repeat_interleave(torch.arange(self.n_rows, device=device), self.indptr.diff())
         self.observed = ObservedItems(self.observed_rows, self.indices, self.n_rows, self.n_cols, device)
-        self.teacher_rank = torch.arange(self.top.shape[1], device=device).expand_as(self.top).contiguous()
+        # every row's positions 0..C-1: a broadcast view, not [n_rows, C] int64 (4 GB at 10^6 items, C = 500)
+        self.teacher_rank = torch.arange(self.top.shape[1], device=device).expand_as(self.top)
         self.padding = self.top < 0
         self.has_padding = bool(self.padding.any())  # rows with fewer than C candidates: rare
 
@@ -188,6 +189,20 @@ class Side:
         n = self.n_rows if rows is None else len(rows)
         first, last = distributed.row_shard(n)  # this process's rows; all of them for one process
         out = torch.empty((last - first, *targets.shape[1:]), dtype=torch.int64, device=self.device)
+        for start, stop, ranks in self.catalogue_rank_blocks(model, targets, rows):
+            out[start - first:stop - first] = ranks
+        return distributed.gather_rows(out, n) if gather else out
+
+    def catalogue_rank_blocks(self, model: Scorer, targets: torch.Tensor,
+                              rows: torch.Tensor | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """``catalogue_ranks(..., gather=False)`` a block of rows at a time:
+        ``(start, stop, ranks [stop - start, T])`` for consecutive blocks of
+        this process's share, ``start`` and ``stop`` counted in all the rows
+        (``targets`` holds every row's), so that a caller can use each block
+        and drop it (a correction of 10^6 items by their top-500 users holds
+        no ``[10^6, 500]`` ranks)."""
+        n = self.n_rows if rows is None else len(rows)
+        first, last = distributed.row_shard(n)
         blocks = list(row_blocks(last - first, self.n_cols))
         with evaluation_mode(model):
             tables = dot_product_tables(model)  # a dot-product model: ranked without blocks of scores
@@ -203,11 +218,9 @@ class Side:
                     exclude = csr_select(self.indptr, self.indices, ids)
                 block_targets = targets[start:stop].clamp_min(0)
                 if tables is None:
-                    ranks = rank_positions(self.score_all(model, ids), block_targets, exclude=exclude)
+                    yield start, stop, rank_positions(self.score_all(model, ids), block_targets, exclude=exclude)
                 else:
-                    ranks = dot_rank_positions(tables[0][ids], tables[1], block_targets, exclude=exclude)
-                out[start - first:stop - first] = ranks
-        return distributed.gather_rows(out, n) if gather else out
+                    yield start, stop, dot_rank_positions(tables[0][ids], tables[1], block_targets, exclude=exclude)
 
     def candidate_ranks(self, model: Scorer, candidates: torch.Tensor, first_row: int = 0) -> torch.Tensor:
         """``[R, C]``: each candidate's position in the model's ranking of its
@@ -487,13 +500,11 @@ class Distillation:
         ``batches``: how many ``loss`` calls the epoch will make (needed by
         ``rows="spread"``, which spreads every row over the epoch's batches)."""
         self._start_epoch(batches)
-        every = self.options.diagnose_every
         ranks = self.resample(epoch)
-        if every and epoch % every == 0 and self.sides:
+        if self.diagnoses(epoch):
             start = time.perf_counter()
             for name, side in self.sides.items():
-                self._log[f"discrepancy_{name}"] = self.discrepancy(self.student, side, ranks.get(name),
-                                                                    rows=self.diagnostic_rows(side))
+                self._log[f"discrepancy_{name}"] = self.discrepancy(self.student, side, ranks.get(name))
             self._log["diagnostic_seconds"] = time.perf_counter() - start
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor | None = None,
@@ -568,11 +579,25 @@ class Distillation:
                 self.side(name)
 
     def resample(self, epoch: int) -> dict[str, torch.Tensor]:
-        """Draw this epoch's samples. Returns the student's catalogue ranks of
-        each side's top-C lists if it computed them (the diagnostic reuses
-        them): this process's share of the rows (``distributed.row_shard``),
-        as ``Side.catalogue_ranks(..., gather=False)`` gives them."""
+        """Draw this epoch's samples. Returns, by side, the student's
+        catalogue ranks of the teacher's top-C of the rows the diagnostic
+        reads (``diagnosed_rows``), if it computed them and ``diagnoses(epoch)``
+        (the diagnostic reuses them)."""
         return {}
+
+    def diagnoses(self, epoch: int) -> bool:
+        """Whether ``refresh(epoch)`` measures the discrepancies (``diagnose_every``)."""
+        every = self.options.diagnose_every
+        return bool(every and epoch % every == 0 and self.sides)
+
+    def diagnosed_rows(self, side: Side) -> torch.Tensor:
+        """The rows of ``side`` whose discrepancy this process measures: its
+        share (``distributed.row_shard``) of ``diagnostic_rows``, ascending."""
+        first, last = distributed.row_shard(side.n_rows)
+        rows = self.diagnostic_rows(side)
+        if rows is None:
+            return torch.arange(first, last, device=side.device)
+        return rows[(rows >= first) & (rows < last)]
 
     def batch_rows(self, side: Side, batch: Batch, *, share: bool = True) -> torch.Tensor:
         """The rows of ``side`` that this batch distils (see
@@ -605,28 +630,23 @@ class Distillation:
                 side.device)
         return self._diagnostic_rows[side.name]
 
-    @staticmethod
-    def discrepancy(model: Scorer, side: Side, ranks: torch.Tensor | None = None,
-                    rows: torch.Tensor | None = None) -> float:
+    def discrepancy(self, model: Scorer, side: Side, ranks: torch.Tensor | None = None) -> float:
         """Mean |R_S - R_T| over the teacher's top-50 of every row, or of
-        ``rows`` (DCD Figure 1a). ``ranks``: this process's share
-        (``distributed.row_shard``) of the student's catalogue ranks of every
-        row's top-C, when already computed (DCD's corrections). Each process
-        sums its rows' gaps, exactly (integers), so the mean is the same for
-        any number of processes."""
+        ``diagnostic_rows`` (DCD Figure 1a). ``ranks``: the student's
+        catalogue ranks of the top-C of ``diagnosed_rows(side)``, when already
+        computed (DCD's corrections). Each process sums its rows' gaps,
+        exactly (integers), so the mean is the same for any number of
+        processes."""
         width = min(DIAGNOSTIC_TOP, side.top.shape[1])
         if ranks is not None:
-            first, last = distributed.row_shard(side.n_rows)
-            ids = torch.arange(first, last, device=side.device)
-            if rows is not None:
-                ids = rows[(rows >= first) & (rows < last)]
-            ranks = ranks[ids - first, :width]
-        else:
+            ids = self.diagnosed_rows(side)
+        else:  # the rows split evenly across processes (any partition sums the same)
+            rows = self.diagnostic_rows(side)
             first, last = distributed.row_shard(side.n_rows if rows is None else len(rows))
             ids = torch.arange(first, last, device=side.device) if rows is None else rows[first:last]
             top = side.top[:, :width] if rows is None else side.top[rows, :width]
             ranks = side.catalogue_ranks(model, top, rows, gather=False)
-        gap = (ranks - side.teacher_rank[ids, :width]).abs()
+        gap = (ranks[:, :width] - side.teacher_rank[ids, :width]).abs()
         valid = ~side.padding[ids, :width]
         total, count = distributed.sum_across([torch.stack([gap[valid].sum(), valid.sum()])])[0].tolist()
         return total / count if count else float("nan")

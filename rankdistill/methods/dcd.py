@@ -20,11 +20,12 @@ lambda_icd L_ICD``; the item-side RRD (``lambda_ir``) serves *w/o correction*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from .. import distributed
+from ..blocks import row_blocks
 from ..errors import ConfigError
 from ..ops import discrepancy_sample
 from ..reference import discrepancy_weights
@@ -102,23 +103,44 @@ class DCD(RRD):
         if epoch % o.correct_every:
             return {}
         # Under torchrun each process ranks and draws for its share of the
-        # rows and the corrections are gathered; a row's draw depends on the
-        # side's streams and the row alone (first_row), as with one process.
-        catalogue_ranks = {}
+        # rows and the corrections are gathered. The ranks are drawn from and
+        # dropped a block of rows at a time; every block draws with the
+        # round's streams from their start, and a row's draw depends on those
+        # and the row alone (first_row), as in one call over all rows.
+        diagnosed = {}
         for _, side_name, _ in self._corrected_sides():
             side = self.side(side_name)
-            first, last = distributed.row_shard(side.n_rows)
-            if o.rank_scope == "catalogue":
-                ranks = catalogue_ranks[side_name] = side.catalogue_ranks(self.student, side.top, gather=False)
-            else:
-                ranks = side.candidate_ranks(self.student, side.top[first:last], first_row=first)
+            keep = self.diagnosed_rows(side) if self.diagnoses(epoch) and o.rank_scope == "catalogue" else None
             streams = self.context.row_streams(2)
+            starts = [stream.get_state() for stream in streams]
+            drawn: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+            kept = []
+            for start, stop, ranks in self._student_rank_blocks(side):
+                for picks, m, direction, stream, state in zip(drawn, (o.m_under, o.m_over), ("under", "over"),
+                                                               streams, starts):
+                    stream.set_state(state)
+                    picks.append(select_discrepancies(side, ranks, m, mu=o.mu, direction=direction,
+                                                      sampling=o.sampling, generator=stream, first_row=start))
+                if keep is not None:
+                    kept.append(ranks[keep[(keep >= start) & (keep < stop)] - start])
+            width = (min(o.m_under, side.top.shape[1]), min(o.m_over, side.top.shape[1]))
             self.corrections[side_name] = tuple(
-                distributed.gather_rows(select_discrepancies(side, ranks, m, mu=o.mu, direction=direction,
-                                                             sampling=o.sampling, generator=stream, first_row=first),
-                                        side.n_rows)
-                for m, direction, stream in ((o.m_under, "under", streams[0]), (o.m_over, "over", streams[1])))
-        return catalogue_ranks
+                distributed.gather_rows(torch.cat(picks) if picks else side.top.new_empty((0, k)), side.n_rows)
+                for picks, k in zip(drawn, width))
+            if keep is not None:
+                diagnosed[side_name] = torch.cat(kept) if kept else side.top.new_empty((0, side.top.shape[1]))
+        return diagnosed
+
+    def _student_rank_blocks(self, side: Side) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The student's ranks of the teacher's top-C (``rank_scope``) for this
+        process's share of ``side``'s rows, as ``(start, stop, ranks)`` blocks."""
+        if self.options.rank_scope == "catalogue":
+            yield from side.catalogue_rank_blocks(self.student, side.top)
+            return
+        first, last = distributed.row_shard(side.n_rows)
+        for start, stop in row_blocks(last - first, side.top.shape[1]):
+            start, stop = first + start, first + stop
+            yield start, stop, side.candidate_ranks(self.student, side.top[start:stop], first_row=start)
 
     def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:
         missing = [side for _, side, _ in self._corrected_sides() if side not in self.corrections]
