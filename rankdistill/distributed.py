@@ -6,18 +6,21 @@ top-C lists, the student's catalogue ranks behind DCD's corrections, RD's
 ranks and the diagnostics, full and sampled evaluation) is split by rows:
 each process scores only its contiguous share of the rows (``row_shard``) and
 the results are gathered in row order (``gather_rows``), so that every process
-holds exactly what one process would have computed. Training is
-data-parallel: every process draws the same shuffled batches from the run's
+holds exactly what one process would have computed. Training is replicated
+by default (every process trains on every batch); with ``--data-parallel``
+(``TrainConfig.data_parallel``) every process draws the same shuffled batches from the run's
 seed, trains on its contiguous share of each batch's pairs and of the rows the
 method distils, and the processes' gradients are summed (``sum_across``, one
 ``all_reduce`` per batch) before every process takes the same optimizer step;
 so training follows the one-process trajectory up to the order of float
-additions. A model or method that draws at random inside a batch's loss (CDAE's
-corruption, DE's Gumbel selection, RD's sampled ranks) or averages over a
-batch's entries rather than rows (BD, iBD) trains replicated instead: each
-process trains on the whole batch, bit for bit the one-process run. The models
-are made equal to rank 0's before each epoch's ranking work
-(``broadcast_modules``). Rank 0 alone logs and writes files.
+additions. What is drawn per batch is drawn alike on every process: DE's
+Gumbel noise and RD's sampled ranks for all the batch's rows before each
+process takes its share, CDAE's corruption by the step's key and each pair. A
+model or method of one's own that draws otherwise in a batch's loss
+(``draws_in_loss``, ``splits_by_rows``) trains replicated: each process trains
+on the whole batch, bit for bit the one-process run. The models are made equal
+to rank 0's before each epoch's ranking work (``broadcast_modules``). Rank 0
+alone logs and writes files.
 
 Without ``torchrun`` (or with one process) every function here is the
 identity of one process, and nothing needs ``torch.distributed``.

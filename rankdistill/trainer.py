@@ -397,6 +397,7 @@ class Trainer:
         for b in bar:
             rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
             batch = users[rows], pos_items[rows], neg_items[rows]
+            self._set_noise_keys(epoch * n_batches + b)
             own = self._model_terms(*batch)
             extra = self.method.loss(*batch)  # a data-parallel method takes its share of the rows itself
             if set(own) & set(extra):
@@ -417,6 +418,7 @@ class Trainer:
             if show_progress and b % 20 == 0:
                 bar.set_postfix(loss=f"{float(totals['loss']) / (b + 1):.4f}", **self._last_valid_postfix())
         bar.close()
+        self._set_noise_keys(None)
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
                                   "refresh_seconds": refresh_seconds}
         record.update({name: float(value) / n_batches for name, value in totals.items()})
@@ -427,6 +429,14 @@ class Trainer:
             record["validation_seconds"] = time.perf_counter() - start
         self.history.append(record)
         self._log_epoch(record)
+
+    def _set_noise_keys(self, step: int | None) -> None:
+        """The key each model draws its training-mode noise from in step
+        ``step`` (CDAE's corruption): a function of the run's seed, the model
+        and the step alone, the same on every process and after a resume."""
+        for which, model in enumerate(self.models.values()):
+            if hasattr(model, "noise_key"):
+                model.noise_key = None if step is None else (self.config.seed, which, step)
 
     def _model_terms(self, users: torch.Tensor, pos_items: torch.Tensor,
                      neg_items: torch.Tensor) -> dict[str, torch.Tensor]:

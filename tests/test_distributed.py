@@ -97,12 +97,15 @@ def _same_run(one, two, *, exact=True, flips=False):
     ("ibd", ["-o", "retain=5", "-o", "update_every=2"], "replicated"),
     # and, data-parallel, its co-trained teacher on its share of each batch's pairs
     ("ibd", ["--data-parallel", "-o", "retain=5", "-o", "update_every=2"], "data-parallel"),
+    # a CDAE student corrupts its input by the step's key and each pair: a share corrupts as the whole batch
+    ("rrd", ["--data-parallel", "--model", "cdae"], "data-parallel"),
 ])
 def test_two_processes_train_like_one_process_run(setup, method, options, training):
     folder, users_dat = setup
     args = ["distill", "--data", users_dat, "--teacher", folder / "teacher" / "best.pt", "--method", method,
             "--top", "40", "--dim", "8", "--epochs", "3", "--lr", "0.01", "--no-progress", "-q", *options]
-    run = "-".join([method, *[o.split("=")[1] for o in options if o.startswith("rank_estimate=")], training])
+    run = "-".join([method, *[o.split("=")[1] for o in options if o.startswith("rank_estimate=")],
+                    *[options[i + 1] for i, o in enumerate(options) if o == "--model"], training])
     proc = torchrun(*args, "--out", folder / f"{run}-2", cwd=folder)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("saved:") == 1  # rank 0 alone prints

@@ -445,17 +445,26 @@ SPLITTABLE = [name for name in METHODS if name != "student"]  # student: no term
 
 
 @pytest.mark.parametrize("rows", ["batch", "spread"])
-@pytest.mark.parametrize("name, extra", [(name, {}) for name in SPLITTABLE] + [("rd", {"rank_estimate": "sampled"})])
-def test_shares_of_a_batch_sum_to_the_whole_batch(split, teacher, rankings, name, extra, rows):
+@pytest.mark.parametrize("name, extra, models", [(name, {}, "bpr") for name in SPLITTABLE] + [
+    ("rd", {"rank_estimate": "sampled"}, "bpr"),
+    ("dcd", {}, "cdae"), ("bd", {}, "cdae")])  # CDAE: a corrupted input in training mode, keyed by the step
+def test_shares_of_a_batch_sum_to_the_whole_batch(split, teacher, rankings, name, extra, models, rows):
     """Data-parallel training: each process's share of a batch's rows (its part
     of each mean), summed over the processes, gives the one-process loss and
     gradient: checked here for 3 processes, one after the other. DE's Gumbel
     noise and RD's sampled ranks are drawn per batch: for all the batch's rows,
     then shared, so every process starts from the same generator state (as
-    under torchrun: one seed) and draws what one process draws."""
+    under torchrun: one seed) and draws what one process draws. A CDAE
+    student (or BD's CDAE teacher) corrupts its input by the step's
+    ``noise_key`` and each pair alone, so a share corrupts as the whole batch."""
     options = {"rows": rows, **({"warmup": 0} if name == "rd" else {}), **extra}
-    method = build_method(name, distill_context(split, new_model(split, 4)), teacher, rankings, options)
+    if models == "cdae":
+        teacher = new_model(split, 8, name="cdae").eval()
+    method = build_method(name, distill_context(split, new_model(split, 4, name=models)), teacher, rankings, options)
     assert method.splits_by_rows
+    for model in (method.student, *method.co_trained().values()):
+        assert model.training
+        model.noise_key = (0, 0, 1)
     method.refresh(0, batches=3)
     users = torch.as_tensor(split.train.users[:96])
     pos = torch.as_tensor(split.train.items[:96])
@@ -487,13 +496,13 @@ def test_shares_of_a_batch_sum_to_the_whole_batch(split, teacher, rankings, name
         torch.testing.assert_close(sum(p[1][i] for p in parts), grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["bd", "ibd"])
-def test_methods_that_cannot_split_refuse_to_be_split(split, rankings, name):
-    # BD's co-trained teacher is built like the given one: a CDAE draws its corruption in its loss
-    cdae = new_model(split, 4, name="cdae")
-    method = build_method(name, distill_context(split, new_model(split, 4)), cdae, rankings)
-    assert not method.splits_by_rows
-    with pytest.raises(ConfigError, match="cannot be split by rows"):
+def test_a_method_that_cannot_split_refuses_to_be_split(split, teacher, rankings):
+    # a method of one's own that draws per batch from its generator declares it (the built-in ones all split)
+    class DrawsPerBatch(METHODS["rrd"].cls):
+        splits_by_rows = False
+
+    method = DrawsPerBatch(distill_context(split, new_model(split, 4)), teacher, rankings)
+    with pytest.raises(ConfigError, match="rrd draws at random per batch: it cannot be split by rows"):
         method.shard_rows(0, 2)
 
 

@@ -1,11 +1,13 @@
 """The base models: scoring paths agree, losses, gradients, sizes, save/load."""
 
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 
 from rankdistill.errors import ConfigError
 from rankdistill.models import BPR, MODELS, build_model, load_model, save_model
+from rankdistill.models.cdae import keyed_uniform
 from rankdistill import blocks
 
 N_USERS, N_ITEMS = 7, 13
@@ -96,6 +98,64 @@ def test_cdae_corrupts_only_in_training_mode():
     model.train()
     torch.manual_seed(0)
     assert not torch.equal(model.hidden(users), model.hidden(users))
+
+
+M64 = (1 << 64) - 1
+
+
+def splitmix_uniform(key, position):
+    """keyed_uniform's documented generator in Python integers (mod 2^64)."""
+    def mix(z):
+        z ^= z >> 30
+        z = z * 0xBF58476D1CE4E5B9 & M64
+        z ^= z >> 27
+        z = z * 0x94D049BB133111EB & M64
+        return z ^ (z >> 31)
+    state = 0
+    for part in key:
+        state = mix((state + part * 0x9E3779B97F4A7C15) & M64)
+    return (mix((position * 0x9E3779B97F4A7C15 + state) & M64) >> 40) / 2**24
+
+
+def test_keyed_uniforms_are_splitmix64_of_the_key_and_the_position():
+    positions = torch.tensor([0, 1, 2, 12345, 2**40 + 7, 2**62 - 1])
+    for key in [(0,), (0, 0, 0), (7, 1, 123456), (2**62 - 1, 3, 2**40)]:
+        expected = torch.tensor([splitmix_uniform(key, int(p)) for p in positions])
+        assert torch.equal(keyed_uniform(key, positions), expected.float())
+
+
+def test_keyed_uniforms_are_uniform_independent_and_the_same_for_any_subset():
+    positions = torch.arange(200_000)
+    u = keyed_uniform((3, 0, 17), positions)
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    counts = torch.bincount((u * 32).long(), minlength=32).numpy()
+    assert scipy.stats.chisquare(counts).pvalue > 1e-4
+    for other in [(3, 0, 18), (3, 1, 17), (4, 0, 17)]:  # the next step, another model, another seed
+        assert abs(float(torch.corrcoef(torch.stack([u, keyed_uniform(other, positions)]))[0, 1])) < 0.02
+    subset = torch.randperm(200_000, generator=torch.Generator().manual_seed(0))[:5_000]
+    assert torch.equal(keyed_uniform((3, 0, 17), subset), u[subset])
+
+
+def test_cdae_corruption_is_a_function_of_the_key_and_the_pair():
+    model = make("cdae").train()
+    model.noise_key = (0, 0, 5)
+    together = model.hidden(torch.tensor([0, 3, 6]))
+    # a data-parallel share of the batch encodes its users as the whole batch does, in any call
+    assert torch.equal(model.hidden(torch.tensor([3])), together[1:2])
+    assert torch.equal(model.hidden(torch.tensor([6, 0])), together[[2, 0]])
+    model.noise_key = (0, 0, 6)  # the next step corrupts otherwise
+    assert not torch.equal(model.hidden(torch.tensor([0, 3, 6])), together)
+    # the input kept: each training item with probability 1 - corruption, scaled by 1 / (1 - corruption)
+    model.noise_key = (0, 0, 5)
+    with torch.no_grad():
+        model.user_node.weight.zero_()
+        model.hidden_bias.zero_()
+        model.item_in.weight.copy_(torch.randn(N_ITEMS, 6, generator=torch.Generator().manual_seed(0)))
+        users = torch.arange(N_USERS)
+        flat = torch.arange(3 * N_USERS)  # user u's items sit at 3u .. 3u + 2
+        keep = (keyed_uniform((0, 0, 5), flat) >= model.corruption).float().view(N_USERS, 3) / (1 - model.corruption)
+        expected = torch.sigmoid(torch.einsum("uk,ukd->ud", keep, model.item_in.weight[TRAIN_INDICES.view(N_USERS, 3)]))
+        torch.testing.assert_close(model.hidden(users), expected)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

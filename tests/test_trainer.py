@@ -55,7 +55,27 @@ class CrashAt(Distillation):
         super().refresh(epoch, batches=batches)
 
 
-@pytest.mark.parametrize("name, optimizer", [("bpr", "adam"), ("cdae", "adam"),  # cdae draws from torch's generator
+def test_each_step_keys_the_models_noise_and_data_parallel_is_not_refused(split, monkeypatch):
+    model = new_model(split, "cdae")
+    keys = []
+    loss = type(model).loss
+    monkeypatch.setattr(type(model), "loss", lambda self, *batch: keys.append(self.noise_key) or loss(self, *batch))
+    trainer = Trainer(model, split, config(epochs=2, seed=7, data_parallel=True))
+    assert trainer.replicated_because is None  # CDAE's corruption splits with the batch
+    trainer.fit()
+    steps = math.ceil(len(split.train.users) / 256)
+    assert keys == [(7, 0, step) for step in range(2 * steps)]  # the run's seed, the model, the step
+    assert model.noise_key is None  # outside training steps: drawn from torch's generator again
+
+
+def test_a_model_that_draws_in_its_loss_trains_replicated(split):
+    model = new_model(split)
+    model.draws_in_loss = True  # a model of one's own that draws from torch's generator in its loss
+    trainer = Trainer(model, split, config(data_parallel=True))
+    assert trainer.replicated_because == "the bpr model draws at random in its loss"
+
+
+@pytest.mark.parametrize("name, optimizer", [("bpr", "adam"), ("cdae", "adam"),  # cdae: noise keyed by the step
                                              ("bpr", "lazy-adam")])
 def test_resume_gives_exactly_the_uninterrupted_result(split, tmp_path, name, optimizer):
     whole = Trainer(new_model(split, name), split, config(optimizer=optimizer), out_dir=tmp_path / "whole").fit()

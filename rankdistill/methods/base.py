@@ -535,8 +535,9 @@ class Distillation:
         with the one-process result: its terms are means (or sums) over the
         batch's rows or their entries, and what it draws per batch it draws
         for all the batch's rows on every process before taking its share
-        (DE's Gumbel noise, RD's sampled ranks). The others (BD and iBD with a
-        teacher that draws in its loss) train replicated under torchrun."""
+        (DE's Gumbel noise, RD's sampled ranks). Every built-in method does; a
+        method of your own that draws otherwise per batch says False, and
+        trains replicated under torchrun."""
         return True
 
     def shard_rows(self, process: int, processes: int) -> None:

@@ -246,11 +246,6 @@ class BD(Distillation):
     def parameters(self) -> Iterable[nn.Parameter]:
         return self.teacher.parameters()
 
-    @property
-    def splits_by_rows(self) -> bool:
-        # its teacher's own loss takes the process's share of the batch's pairs, unless it draws in its loss
-        return not self.teacher.draws_in_loss
-
     def co_trained(self) -> dict[str, nn.Module]:
         return {"teacher": self.teacher}
 

@@ -100,9 +100,14 @@ class Recommender(nn.Module):
     def item_representation(self, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    # Whether ``loss`` draws at random (CDAE's corruption): under torchrun such
+    # Whether ``loss`` draws from torch's global generator: under torchrun such
     # a model trains replicated, since a share of a batch would draw otherwise.
+    # (CDAE's corruption draws from ``noise_key`` instead.)
     draws_in_loss: bool = False
+    # The training step's key, set by the trainer before each batch
+    # (``(seed, model, step)``): what a model that draws at random in training
+    # mode draws from, by pair, so that data-parallel processes draw alike.
+    noise_key: tuple[int, ...] | None = None
     # The embedding tables indexed by the batch's users and by its items:
     # what ``embedding_l2`` (TrainConfig.l2) penalises.
     user_tables: tuple[str, ...] = ()

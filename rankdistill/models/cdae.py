@@ -12,12 +12,52 @@ from ..errors import ConfigError
 from .base import Recommender, pointwise_bce
 
 
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: splitmix64's increment
+_M64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    """A 64-bit pattern as the int64 torch stores."""
+    value &= _M64
+    return value - (1 << 64) if value >> 63 else value
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors: wrapping products, logical
+    right shifts (an arithmetic shift, masked)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _signed(0xBF58476D1CE4E5B9)
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _signed(0x94D049BB133111EB)
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def keyed_uniform(key: tuple[int, ...], positions: torch.Tensor) -> torch.Tensor:
+    """``[N]`` float32 uniforms in [0, 1) (24 bits), each a function of the
+    integer ``key`` and its own ``positions[n]`` alone (a counter-based
+    generator: splitmix64 of ``key`` folded with the position), so that any
+    subset of the positions, in any order and on any process, gets the same
+    values as the whole."""
+    state = torch.zeros((), dtype=torch.int64)
+    for part in key:
+        state = _mix(state + _signed(int(part) * _GOLDEN))
+    x = _mix(positions.to(torch.int64) * _signed(_GOLDEN) + state.to(positions.device))
+    return ((x >> 40) & 0xFFFFFF).float() * (1.0 / (1 << 24))
+
+
 class CDAE(Recommender):
     """``h_u = sigmoid(sum_{i in S~_u} W_i + V_u + b)`` where ``S~_u`` is the
     user's training items with each one dropped with probability
     ``corruption`` (and the kept ones scaled by ``1 / (1 - corruption)``) in
     training mode, and ``score(u, i) = <h_u, W'_i> + b'_i``. Trained with binary
     cross-entropy on the positives and sampled negatives.
+
+    The corruption of a training step is a function of ``noise_key`` (which
+    the trainer sets before each batch) and of each (user, item) pair alone:
+    within a step every call sees the same corrupted input of a user, and the
+    processes of a data-parallel run, each encoding its share of the batch,
+    corrupt as one process would. Without a key (training by hand) each call
+    draws a key from torch's global generator.
 
     The model needs each user's training items: pass them as CSR
     ``train=(indptr, indices)``; they are buffers, not parameters, and are not
@@ -39,7 +79,6 @@ class CDAE(Recommender):
         if indptr.shape != (self.n_users + 1,):
             raise ConfigError(f"CDAE: indptr must have n_users + 1 = {self.n_users + 1} entries")
         self.corruption = float(corruption)
-        self.draws_in_loss = self.corruption > 0
         self.register_buffer("train_indptr", indptr, persistent=False)
         self.register_buffer("train_indices", indices, persistent=False)
         self.item_in = nn.EmbeddingBag(self.n_items, self.dim, mode="sum")
@@ -64,7 +103,9 @@ class CDAE(Recommender):
         flat = torch.arange(total, device=users.device) + torch.repeat_interleave(starts - offsets, lengths)
         weights = None
         if self.training and self.corruption > 0:
-            keep = torch.rand(total, device=users.device) >= self.corruption
+            key = self.noise_key if self.noise_key is not None else \
+                tuple(torch.randint(1 << 62, (2,)).tolist())  # a draw of torch's global generator
+            keep = keyed_uniform(key, flat) >= self.corruption  # flat: the pair's place in the training data
             weights = keep.float() / (1.0 - self.corruption)
         bags = self.item_in(self.train_indices[flat], offsets, per_sample_weights=weights)
         return torch.sigmoid(bags + self.user_node(users) + self.hidden_bias)
