@@ -353,7 +353,7 @@ def test_l2_penalises_the_batch_embeddings_per_pair(split, name):
     assert float(model.embedding_l2(users, items).detach()) == pytest.approx(by_hand, rel=1e-5)
     trainer = Trainer(model, split, config(epochs=1, l2=0.5))
     terms = trainer._model_terms(users, pos, neg)
-    assert set(terms) == {"loss", "l2"} and float(terms["l2"]) == pytest.approx(0.5 * by_hand / 3, rel=1e-5)
+    assert set(terms) == {"loss", "l2"} and float(terms["l2"].detach()) == pytest.approx(0.5 * by_hand / 3, rel=1e-5)
 
     plain_model, penalised_model = new_model(split, "bpr"), new_model(split, "bpr")
     plain = Trainer(plain_model, split, config(epochs=3)).fit()
