@@ -118,7 +118,7 @@ def pair_share(n_pairs: int, shard: tuple[int, int] | None) -> tuple[slice, floa
 # gathers into a flat buffer of its own before copying out, so one call for a
 # [10^6, 500] int64 list would hold it three times; and it is slow with large
 # messages: two processes gathering [200,000, 500] int64 on this project's CPU
-# machine took 1.0-1.3 s in 4-16 MB calls, 9.5 s in 64 MB calls.
+# machine took 1.0-2.7 s in 4-16 MB calls, 9.5 s in 64 MB calls.
 GATHER_CHUNK_BYTES = 1 << 22
 
 
@@ -136,8 +136,7 @@ def gather_rows(local: torch.Tensor, n_rows: int) -> torch.Tensor:
         return out
     row_bytes = max(1, math.prod(local.shape[1:]) * local.element_size())
     chunk = min(longest, max(1, GATHER_CHUNK_BYTES // (size * row_bytes)))
-    # One send and one receive buffer for all the chunks: fresh memory for
-    # every call made the gather 10 times slower on a VM that backs memory lazily.
+    # One send and one receive buffer, reused by every chunk.
     piece = local.new_zeros((chunk, *local.shape[1:]))  # the shorter shards' last chunk is padded
     gathered = local.new_empty((size * chunk, *local.shape[1:]))
     for offset in range(0, longest, chunk):
