@@ -235,7 +235,9 @@ def discrepancy_sample(
 
     Args:
         student_rank, teacher_rank: ``[B, C]`` ranks, int64, int32, float32
-            or float64 (both the same dtype and shape).
+            or float64 (both the same dtype and shape). A teacher row
+            broadcast to every row (``arange(C).expand(B, C)``) is read in
+            place, not copied.
         k: columns per row, an integer with ``0 <= k <= C`` (TypeError
             otherwise, as in :func:`weighted_sample`); rows with fewer than
             ``k`` positive weights are padded with -1.

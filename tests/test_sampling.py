@@ -254,16 +254,17 @@ def test_discrepancy_distribution(device):
             assert_subset_distribution(samples, weights, k)
 
 
-def test_discrepancy_distribution_many_columns(device):
+@pytest.mark.parametrize("k", [3, 2])  # CPU: with 9 > 4 k positive columns, k = 2 takes the pivot's path
+def test_discrepancy_distribution_many_columns(device, k):
     mu = 0.02
-    student = torch.tensor([5, 90, 3, 40, 60, 7, 100, 20, 35, 1])
-    teacher = torch.arange(10)
+    student = torch.tensor([5, 90, 3, 40, 60, 7, 100, 20, 35, 1, 44, 70])
+    teacher = torch.arange(12)
     weights = [math.tanh(max(mu * (s - t), 0.0)) for s, t in zip(student.tolist(), teacher.tolist())]
     samples = ops.discrepancy_sample(
         student.to(device).expand(N_DRAWS, -1).contiguous(), teacher.to(device).expand(N_DRAWS, -1).contiguous(),
-        3, mu=mu, direction="under", generator=torch.Generator(device).manual_seed(21),
+        k, mu=mu, direction="under", generator=torch.Generator(device).manual_seed(21),
     ).cpu()
-    assert_subset_distribution(samples, weights, 3)
+    assert_subset_distribution(samples, weights, k)
 
 
 def test_discrepancy_tiny_mu(device):
@@ -290,6 +291,106 @@ def test_discrepancy_selects_only_the_right_direction(device, dtype):
         assert torch.equal((out >= 0).sum(1), positive.clamp(max=20))
         picked = out.clamp(min=0)
         assert bool((gap.gather(1, picked) > 0)[out >= 0].all())
+
+
+def test_discrepancy_teacher_rows_broadcast(device):
+    """A teacher rank row broadcast to every row (DCD's 0..C-1, read in place)
+    draws what its contiguous copy draws."""
+    student = torch.randint(0, 4000, (37, 300), device=device, generator=torch.Generator(device).manual_seed(2))
+    teacher = torch.arange(300, device=device).expand(37, -1)
+    assert teacher.stride(0) == 0
+    for direction in ("under", "over"):
+        draw = lambda t: ops.discrepancy_sample(student, t, 25, mu=1e-3, direction=direction,  # noqa: E731
+                                                generator=torch.Generator(device).manual_seed(6))
+        assert torch.equal(draw(teacher), draw(teacher.contiguous()))
+
+
+# --- the CPU keys, against a brute-force Philox stream ------------------------
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _philox_uniforms(seed, rows, cols, first_row=0):
+    """philox.h's uniforms of every cell, in numpy: Philox4x32-10 at the
+    counter (column pair, row, 0, 0) under the key seed; the even column of a
+    pair takes words 0-1, the odd one words 2-3, each as (52-bit m + 0.5) 2^-52."""
+    u64 = np.uint64
+    row = np.arange(first_row, first_row + rows, dtype=u64)[:, None] + np.zeros((1, cols), dtype=u64)
+    pair = (np.arange(cols, dtype=u64) >> u64(1))[None, :] + np.zeros((rows, 1), dtype=u64)
+    c = [pair, row, np.zeros_like(row), np.zeros_like(row)]
+    key0, key1 = u64(seed & _MASK32), u64(seed >> 32)
+    for _ in range(10):
+        p0, p1 = u64(0xD2511F53) * c[0], u64(0xCD9E8D57) * c[2]
+        c = [((p1 >> u64(32)) ^ c[1] ^ key0) & u64(_MASK32), p1 & u64(_MASK32),
+             ((p0 >> u64(32)) ^ c[3] ^ key1) & u64(_MASK32), p0 & u64(_MASK32)]
+        key0, key1 = (key0 + u64(0x9E3779B9)) & u64(_MASK32), (key1 + u64(0xBB67AE85)) & u64(_MASK32)
+    even = np.arange(cols) % 2 == 0
+    high, low = np.where(even, c[0], c[2]), np.where(even, c[1], c[3])
+    return (((high << u64(20)) | (low >> u64(12))).astype(np.float64) + 0.5) * 2.0 ** -52
+
+
+def _op_seed(torch_seed):
+    """The 64-bit seed the CPU ops draw from torch.Generator().manual_seed(s):
+    two words of its mt19937, the first one high (numpy's legacy generator is
+    the same mt19937, seeded alike)."""
+    high, low = (int(w) for w in np.random.RandomState(torch_seed).randint(0, 2**32, size=2, dtype=np.uint64))
+    return (high << 32) | low
+
+
+def _tanh_weights(x):
+    """sampling.h's tanh(max(x, 0)), as the op computes it."""
+    with np.errstate(over="ignore"):
+        w = np.where(x < 1e-4, x * (1.0 - x * x / 3.0), 1.0 - 2.0 / (np.exp(2.0 * x) + 1.0))
+    return np.where(x > 0, np.where(x >= 20.0, 1.0, w), 0.0)
+
+
+def _largest_keys(weights, k, seed, first_row):
+    """Per row, the sorted columns of the k largest keys log(u) / w (w > 0;
+    ties by column), -1 padded: successive sampling by its definition."""
+    keys = np.full(weights.shape, -np.inf)
+    positive = weights > 0
+    keys[positive] = np.log(_philox_uniforms(seed, *weights.shape, first_row)[positive]) / weights[positive]
+    order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    order = np.where(np.take_along_axis(positive, order, 1), order, weights.shape[1])
+    return np.where(np.sort(order, axis=1) == weights.shape[1], -1, np.sort(order, axis=1))
+
+
+KEY_CASES = [  # (what, rows, columns, k): pivot path (integer ranks, many positive columns), full path, sparse rows
+    ("ranks_int64", 40, 500, 40), ("ranks_int32", 30, 3000, 7), ("ranks_int64", 50, 64, 1),
+    ("ranks_int64_over", 40, 500, 40), ("ranks_float64", 40, 500, 40), ("weights_float32", 40, 500, 40),
+    ("weights_float64", 30, 700, 12), ("weights_sparse", 60, 200, 5), ("ranks_int64", 20, 90, 90),
+]
+
+
+@pytest.mark.parametrize("what,rows,cols,k", KEY_CASES)
+def test_cpu_draws_the_largest_philox_keys(what, rows, cols, k):
+    """Every CPU draw is the k largest keys log(u) / w of philox.h's stream,
+    computed here from its definition for every cell: the bounds that spare
+    most cells their exact key never drop a column that belongs."""
+    gen = torch.Generator().manual_seed(3)
+    if what.startswith("ranks"):
+        dtype = {"int64": torch.int64, "int32": torch.int32, "float64": torch.float64}[what.split("_")[1]]
+        teacher = torch.arange(cols).expand(rows, -1)
+        student = (teacher + torch.randn(rows, cols, generator=gen) * 3000).round().clamp_min(0)
+        if dtype.is_floating_point:
+            student = student + torch.rand(rows, cols, generator=gen)
+        direction = "over" if what.endswith("over") else "under"
+        gap = (student - teacher) if direction == "under" else (teacher - student)
+        weights = _tanh_weights(1e-3 * gap.double().numpy())
+        draw = lambda g: ops.discrepancy_sample(student.to(dtype), teacher.to(dtype), k, mu=1e-3,  # noqa: E731
+                                                direction=direction, sorted=True, generator=g, first_row=5)
+    else:
+        w = torch.rand(rows, cols, generator=gen, dtype=torch.float64)
+        if what == "weights_float64":
+            w = torch.exp(torch.randn(rows, cols, generator=gen, dtype=torch.float64) * 30)  # scaled keys
+        if what == "weights_sparse":
+            w = w * (torch.rand(rows, cols, generator=gen) < 0.03)
+        w = w.float() if what != "weights_float64" else w
+        weights = w.double().numpy()
+        draw = lambda g: ops.weighted_sample(w, k, sorted=True, generator=g, first_row=5)  # noqa: E731
+    out = draw(torch.Generator().manual_seed(99))
+    expected = _largest_keys(weights, k, _op_seed(99), first_row=5)
+    assert np.array_equal(out.numpy(), expected)
 
 
 def test_discrepancy_errors(device):

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <utility>
 
 #include "../common/checks.h"
 #include "../common/macros.h"
@@ -18,19 +19,34 @@ namespace rankdistill {
 // invalid too.
 RD_HOST_DEVICE bool invalid_weight(double w) { return !(w >= 0.0) || w == INFINITY; }
 
+// A weights struct gives each cell a value v (value) and, from it, the
+// weight (weight_of), an upper bound on the weight that is cheaper to compute
+// (upper_of) and a lower bound (lower_of; lower_squared gives its square as
+// num / den, without the square root). The CPU sampler bounds keys with them
+// and computes few exact weights; the CUDA one computes every weight.
 template <typename scalar_t>
 struct TensorWeights {
   const scalar_t* data;  // contiguous [B, C]
   int64_t num_cols;
-  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
+  RD_HOST_DEVICE double value(int64_t row, int64_t col) const {
     return static_cast<double>(data[row * num_cols + col]);
   }
-  // An upper bound on the weight that is cheaper to compute (here: exact).
-  RD_HOST_DEVICE double upper(int64_t row, int64_t col) const { return (*this)(row, col); }
+  RD_HOST_DEVICE static double weight_of(double v) { return v; }
+  // As invalid_weight and weight_of(v) > 0, in comparisons only (no branches).
+  RD_HOST_DEVICE static bool invalid_value(double v) { return invalid_weight(v); }
+  RD_HOST_DEVICE static bool positive_value(double v) { return v > 0.0; }
+  RD_HOST_DEVICE static double upper_of(double v) { return v; }
+  RD_HOST_DEVICE static double upper_of_positive(double v) { return v; }
+  RD_HOST_DEVICE static double lower_of(double v) { return v; }
+  RD_HOST_DEVICE static void lower_squared(double v, double& num, double& den) {
+    num = v * v;
+    den = 1.0;
+  }
+  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const { return value(row, col); }
   // The row's largest bound, which sets its key scale (philox.h), is
   // largest_bound(max over the row of bound_order), NaN skipped: the max may
   // run over something cheaper than the bounds (DCD's gaps).
-  RD_HOST_DEVICE double bound_order(int64_t row, int64_t col) const { return (*this)(row, col); }
+  RD_HOST_DEVICE double bound_order(int64_t row, int64_t col) const { return value(row, col); }
   RD_HOST_DEVICE double largest_bound(double largest_order) const { return largest_order; }
   // False where every key is a normal double unscaled, so that any key
   // scale gives the same draws: float32 and narrower weights, whose keys
@@ -44,25 +60,43 @@ struct TensorWeights {
 template <typename rank_t>
 struct DiscrepancyWeights {
   const rank_t* student;  // contiguous [B, C]
-  const rank_t* teacher;  // contiguous [B, C]
+  const rank_t* teacher;  // [B, C], rows contiguous, teacher_row_stride apart (0: one row for all)
   int64_t num_cols;
   double mu;
   bool under;
+  int64_t teacher_row_stride;
   RD_HOST_DEVICE double signed_gap(int64_t row, int64_t col) const {
-    const int64_t i = row * num_cols + col;
-    const double gap = static_cast<double>(student[i]) - static_cast<double>(teacher[i]);
+    const double gap = static_cast<double>(student[row * num_cols + col]) -
+                       static_cast<double>(teacher[row * teacher_row_stride + col]);
     return under ? gap : -gap;
   }
-  RD_HOST_DEVICE double scaled_gap(int64_t row, int64_t col) const { return mu * signed_gap(row, col); }
-  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const {
-    const double x = scaled_gap(row, col);
+  // v = mu * gap
+  RD_HOST_DEVICE double value(int64_t row, int64_t col) const { return mu * signed_gap(row, col); }
+  RD_HOST_DEVICE static double weight_of(double x) {
     if (!(x > 0.0)) return x == x ? 0.0 : x;  // NaN passes through to be reported
     // tanh through one exp (libm's tanh costs several): exact to ~1e-13
     // relative for x >= 1e-4, and x - x^3 / 3 is exact to 1e-16 below that.
+    // From x = 20 on, 2 / (exp(2 x) + 1) < 2^-54 and the formula gives 1 exactly.
+    if (x >= 20.0) return 1.0;
     return x < 1e-4 ? x * (1.0 - x * x / 3.0) : 1.0 - 2.0 / (std::exp(2.0 * x) + 1.0);
   }
+  RD_HOST_DEVICE static bool invalid_value(double x) { return x != x; }
+  RD_HOST_DEVICE static bool positive_value(double x) { return x > 0.0; }
   // tanh(x) <= min(x, 1): a bound without the tanh.
-  RD_HOST_DEVICE double upper(int64_t row, int64_t col) const { return bound_of(scaled_gap(row, col)); }
+  RD_HOST_DEVICE static double upper_of(double x) { return bound_of(x); }
+  RD_HOST_DEVICE static double upper_of_positive(double x) { return x < 1.0 ? x : 1.0; }  // minsd
+  // tanh(x) >= x / sqrt(1 + x^2) for x >= 0 (squared, that is sinh(x) >= x);
+  // x is capped, as tanh is increasing, so that x^2 stays finite.
+  RD_HOST_DEVICE static double lower_of(double x) {
+    const double c = capped(x);
+    return c / std::sqrt(1.0 + c * c);
+  }
+  RD_HOST_DEVICE static void lower_squared(double x, double& num, double& den) {
+    const double c = capped(x);
+    num = c * c;
+    den = 1.0 + num;
+  }
+  RD_HOST_DEVICE double operator()(int64_t row, int64_t col) const { return weight_of(value(row, col)); }
   // The bound is non-decreasing in the gap, so the largest bound is that of
   // the largest gap (as TensorWeights explains).
   RD_HOST_DEVICE double bound_order(int64_t row, int64_t col) const { return signed_gap(row, col); }
@@ -73,6 +107,7 @@ struct DiscrepancyWeights {
 
  private:
   RD_HOST_DEVICE static double bound_of(double x) { return x > 0.0 ? (x < 1.0 ? x : 1.0) : (x == x ? 0.0 : x); }
+  RD_HOST_DEVICE static double capped(double x) { return x < 1e8 ? x : 1e8; }
 };
 
 // first_row: row r draws the random numbers of row first_row + r, so that
@@ -101,6 +136,18 @@ inline void check_weighted_sample_inputs(const at::Tensor& weights, int64_t k, i
   check_dim(weights, 2, "weights");
   check_floating(weights, "weights");
   check_sample_size(k, weights.size(0), weights.size(1), first_row);
+}
+
+// The teacher's ranks as the samplers read them, with their row stride: a
+// row broadcast to every row (DCD's teacher ranks 0..C-1) is read in place
+// rather than copied.
+inline std::pair<at::Tensor, int64_t> teacher_rows(const at::Tensor& teacher_rank) {
+  if (teacher_rank.dim() == 2 && teacher_rank.size(0) > 1 && teacher_rank.stride(0) == 0 &&
+      (teacher_rank.size(1) <= 1 || teacher_rank.stride(1) == 1)) {
+    return {teacher_rank, 0};
+  }
+  const at::Tensor contiguous = teacher_rank.contiguous();
+  return {contiguous, contiguous.size(1)};
 }
 
 inline void check_discrepancy_sample_inputs(const at::Tensor& student_rank, const at::Tensor& teacher_rank,

@@ -244,13 +244,15 @@ at::Tensor discrepancy_sample_cuda(const at::Tensor& student_rank, const at::Ten
                                    const std::optional<at::Generator>& generator, int64_t first_row) {
   check_discrepancy_sample_inputs(student_rank, teacher_rank, k, mu, first_row);
   const c10::cuda::CUDAGuard device_guard(student_rank.device());
-  const at::Tensor student = student_rank.contiguous(), teacher = teacher_rank.contiguous();
+  const at::Tensor student = student_rank.contiguous();
+  const auto [teacher, teacher_row_stride] = teacher_rows(teacher_rank);
   const at::PhiloxCudaState state = draw_state(generator, student.device());
   at::Tensor out;
   AT_DISPATCH_V2(
       student.scalar_type(), "discrepancy_sample_cuda", AT_WRAP([&] {
         const DiscrepancyWeights<scalar_t> weights{student.const_data_ptr<scalar_t>(),
-                                                   teacher.const_data_ptr<scalar_t>(), student.size(1), mu, under};
+                                                   teacher.const_data_ptr<scalar_t>(), student.size(1), mu, under,
+                                                   teacher_row_stride};
         out = sample_rows(weights, student.size(0), student.size(1), k, sorted, state, first_row,
                           student.options());
       }),
