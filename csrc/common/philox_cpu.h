@@ -4,22 +4,19 @@
 // lanes of a vector (one _mm256_mul_epu32 does four of the 32 x 32 -> 64
 // bit products), otherwise one after the other. Both give the values of
 // uniform_pair bit for bit.
-#include <immintrin.h>
-
 #include <cstdint>
 
+#include "cpu_features.h"
 #include "philox.h"
 
 namespace rankdistill {
 
 constexpr int64_t kPairsPerBlock = 16;
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define RANKDISTILL_PHILOX_AVX2 1
-
+#ifdef RANKDISTILL_AVX2
 // open01_from_bits of four lanes: a 52-bit mantissa m, exactly (m + 0.5) 2^-52;
 // m becomes a double through the bits of 2^52 + m.
-__attribute__((target("avx2"))) inline __m256d open01_from_bits_avx2(__m256i high, __m256i low) {
+RD_TARGET_AVX2 inline __m256d open01_from_bits_avx2(__m256i high, __m256i low) {
   const __m256i mantissa = _mm256_or_si256(_mm256_slli_epi64(high, 20), _mm256_srli_epi64(low, 12));
   const __m256d m = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(mantissa, _mm256_set1_epi64x(0x4330000000000000))),
                                   _mm256_set1_pd(4503599627370496.0));
@@ -29,7 +26,7 @@ __attribute__((target("avx2"))) inline __m256d open01_from_bits_avx2(__m256i hig
 // out[2 j] and out[2 j + 1]: the even and odd uniforms of pair first_pair + j,
 // j < kPairsPerBlock. Four groups of four counters run interleaved: one
 // group alone would wait on each round's multiply.
-__attribute__((target("avx2"))) inline void uniform_pairs_avx2(uint64_t seed, uint64_t offset, int64_t row,
+RD_TARGET_AVX2 inline void uniform_pairs_avx2(uint64_t seed, uint64_t offset, int64_t row,
                                                                  int64_t first_pair, double* out) {
   constexpr int kGroups = kPairsPerBlock / 4;
   const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFF);
@@ -65,17 +62,13 @@ __attribute__((target("avx2"))) inline void uniform_pairs_avx2(uint64_t seed, ui
   }
 }
 
-inline bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
 #endif
 
 // out[0 .. 2 num_pairs): the uniforms of pairs first_pair .. first_pair + num_pairs - 1,
 // num_pairs <= kPairsPerBlock.
 inline void uniform_pairs(uint64_t seed, uint64_t offset, int64_t row, int64_t first_pair, int64_t num_pairs,
                           double* out) {
-#ifdef RANKDISTILL_PHILOX_AVX2
+#ifdef RANKDISTILL_AVX2
   if (num_pairs == kPairsPerBlock && cpu_has_avx2()) {
     uniform_pairs_avx2(seed, offset, row, first_pair, out);
     return;
