@@ -8,6 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rankdistill import ops, reference
 
@@ -391,6 +393,38 @@ def test_cpu_draws_the_largest_philox_keys(what, rows, cols, k):
     out = draw(torch.Generator().manual_seed(99))
     expected = _largest_keys(weights, k, _op_seed(99), first_row=5)
     assert np.array_equal(out.numpy(), expected)
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(data=st.data())
+def test_cpu_draws_the_largest_philox_keys_of_any_row(data):
+    """The same on drawn rows: weights with zeros, repeats and magnitudes from
+    1e-30 to 1e30 (float32 and float64), DCD's integer gaps of either sign
+    with several mu, any k, so that both ways to the cut (the pivot's, with
+    more than 4 k positive columns, and the full one) and rows with fewer
+    positive columns than k all occur."""
+    rows, cols = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 300))
+    k = data.draw(st.integers(0, cols))
+    seed, first_row = data.draw(st.integers(0, 2**31 - 1)), data.draw(st.integers(0, 1000))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if data.draw(st.booleans()):
+        pool = np.array([0.0, 0.0, 1e-30, 1e-3, 0.5, 1.0, 1.0, 7.0, 1e30])
+        weights = rng.choice(pool, size=(rows, cols)) * rng.uniform(0.5, 2.0, size=(rows, cols))
+        dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+        w = torch.from_numpy(weights).to(dtype)
+        weights = w.double().numpy()
+        out = ops.weighted_sample(w, k, sorted=True, generator=torch.Generator().manual_seed(seed),
+                                  first_row=first_row)
+    else:
+        mu = data.draw(st.sampled_from([1e-4, 1e-3, 0.05, 3.0]))
+        teacher = torch.arange(cols).expand(rows, -1)
+        student = torch.from_numpy(rng.integers(0, 3 * cols + 50, size=(rows, cols)))
+        direction = data.draw(st.sampled_from(["under", "over"]))
+        gap = (student - teacher) if direction == "under" else (teacher - student)
+        weights = _tanh_weights(mu * gap.double().numpy())
+        out = ops.discrepancy_sample(student, teacher, k, mu=mu, direction=direction, sorted=True,
+                                     generator=torch.Generator().manual_seed(seed), first_row=first_row)
+    assert np.array_equal(out.numpy(), _largest_keys(weights, k, _op_seed(seed), first_row))
 
 
 def test_discrepancy_errors(device):
