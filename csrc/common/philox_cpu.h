@@ -18,16 +18,16 @@ constexpr int64_t kPairsPerBlock = 16;
 // m becomes a double through the bits of 2^52 + m.
 RD_TARGET_AVX2 inline __m256d open01_from_bits_avx2(__m256i high, __m256i low) {
   const __m256i mantissa = _mm256_or_si256(_mm256_slli_epi64(high, 20), _mm256_srli_epi64(low, 12));
-  const __m256d m = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(mantissa, _mm256_set1_epi64x(0x4330000000000000))),
-                                  _mm256_set1_pd(4503599627370496.0));
+  const __m256i two52_plus_m = _mm256_or_si256(mantissa, _mm256_set1_epi64x(0x4330000000000000));
+  const __m256d m = _mm256_sub_pd(_mm256_castsi256_pd(two52_plus_m), _mm256_set1_pd(4503599627370496.0));
   return _mm256_mul_pd(_mm256_add_pd(m, _mm256_set1_pd(0.5)), _mm256_set1_pd(1.0 / 4503599627370496.0));
 }
 
 // out[2 j] and out[2 j + 1]: the even and odd uniforms of pair first_pair + j,
 // j < kPairsPerBlock. Four groups of four counters run interleaved: one
 // group alone would wait on each round's multiply.
-RD_TARGET_AVX2 inline void uniform_pairs_avx2(uint64_t seed, uint64_t offset, int64_t row,
-                                                                 int64_t first_pair, double* out) {
+RD_TARGET_AVX2 inline void uniform_pairs_avx2(uint64_t seed, uint64_t offset, int64_t row, int64_t first_pair,
+                                              double* out) {
   constexpr int kGroups = kPairsPerBlock / 4;
   const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFF);
   const __m256i mul0 = _mm256_set1_epi64x(0xD2511F53u), mul1 = _mm256_set1_epi64x(0xCD9E8D57u);

@@ -20,10 +20,11 @@ namespace rankdistill {
 RD_HOST_DEVICE bool invalid_weight(double w) { return !(w >= 0.0) || w == INFINITY; }
 
 // A weights struct gives each cell a value v (value) and, from it, the
-// weight (weight_of), an upper bound on the weight that is cheaper to compute
-// (upper_of) and a lower bound (lower_of; lower_squared gives its square as
-// num / den, without the square root). The CPU sampler bounds keys with them
-// and computes few exact weights; the CUDA one computes every weight.
+// weight (weight_of), whether it is invalid or positive, an upper bound on a
+// positive weight that is cheaper to compute (upper_of_positive) and a lower
+// bound (lower_of; lower_squared gives its square as num / den, without the
+// square root). The CPU sampler bounds keys with them and computes few exact
+// weights; the CUDA one computes every weight (operator()).
 template <typename scalar_t>
 struct TensorWeights {
   const scalar_t* data;  // contiguous [B, C]
@@ -32,10 +33,8 @@ struct TensorWeights {
     return static_cast<double>(data[row * num_cols + col]);
   }
   RD_HOST_DEVICE static double weight_of(double v) { return v; }
-  // As invalid_weight and weight_of(v) > 0, in comparisons only (no branches).
   RD_HOST_DEVICE static bool invalid_value(double v) { return invalid_weight(v); }
   RD_HOST_DEVICE static bool positive_value(double v) { return v > 0.0; }
-  RD_HOST_DEVICE static double upper_of(double v) { return v; }
   RD_HOST_DEVICE static double upper_of_positive(double v) { return v; }
   RD_HOST_DEVICE static double lower_of(double v) { return v; }
   RD_HOST_DEVICE static void lower_squared(double v, double& num, double& den) {
@@ -82,9 +81,8 @@ struct DiscrepancyWeights {
   }
   RD_HOST_DEVICE static bool invalid_value(double x) { return x != x; }
   RD_HOST_DEVICE static bool positive_value(double x) { return x > 0.0; }
-  // tanh(x) <= min(x, 1): a bound without the tanh.
-  RD_HOST_DEVICE static double upper_of(double x) { return bound_of(x); }
-  RD_HOST_DEVICE static double upper_of_positive(double x) { return x < 1.0 ? x : 1.0; }  // minsd
+  // tanh(x) <= min(x, 1): a bound without the tanh (a minsd).
+  RD_HOST_DEVICE static double upper_of_positive(double x) { return x < 1.0 ? x : 1.0; }
   // tanh(x) >= x / sqrt(1 + x^2) for x >= 0 (squared, that is sinh(x) >= x);
   // x is capped, as tanh is increasing, so that x^2 stays finite.
   RD_HOST_DEVICE static double lower_of(double x) {
