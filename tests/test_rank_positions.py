@@ -133,6 +133,28 @@ def test_counting_with_many_buckets(device, targets_kind):
     assert torch.equal(got.cpu(), expected)
 
 
+@pytest.mark.parametrize("num_cols", [1023, 1024, 3001])  # the CPU sorts rows from 1024 columns by digits
+def test_all_columns_with_every_kind_of_score(device, num_cols):
+    """Whole rows ranked by sorting: ties, an all-equal row (every digit
+    pass skipped), signed zeros, subnormals, infinities and float32's
+    extremes, with exclusions, against the reference."""
+    gen = torch.Generator().manual_seed(num_cols)
+    scores = torch.randint(0, 7, (6, num_cols), generator=gen).float() - 3.0
+    scores[1] = 2.5
+    special = torch.tensor([0.0, -0.0, 2.0**-149, -(2.0**-149), float("inf"), -float("inf"),
+                            torch.finfo(torch.float32).max, -torch.finfo(torch.float32).max, 1e-38, -1e-38])
+    scores[2] = special[torch.randint(0, len(special), (num_cols,), generator=gen)]
+    scores[3] = torch.randn(num_cols, generator=gen) * 1e30
+    scores[4] = torch.randn(num_cols, generator=gen)
+    scores[5] = -scores[4]
+    exclude, _ = random_exclude(6, num_cols, 30, gen)
+    expected = reference.rank_positions(scores, exclude=exclude)
+    got = ops.rank_positions(scores.to(device), exclude=tuple(t.to(device) for t in exclude))
+    assert torch.equal(got.cpu(), expected)
+    assert torch.equal(ops.rank_positions(scores.to(device)).sort(1).values.cpu(),
+                       torch.arange(num_cols).expand(6, -1))
+
+
 def test_all_columns_of_a_large_catalogue(device):
     # 18 rows x 2^20 columns: more than one row block of the CUDA sort path
     # (2^24 elements), with exclusions on both sides of the block boundary.
