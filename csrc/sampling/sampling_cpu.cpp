@@ -150,29 +150,34 @@ bool sample_row(const Weights& weights, int64_t row, int64_t stream_row, int64_t
     if (!weights.needs_key_scale() && n > 4 * k) {
       // Unscaled keys: the squares q = (1 - u)^2 den margin^2 / (u^2 num) of
       // the lower bounds order them (num / den is the square of w_low), and
-      // q <= Q is a test without a division.
+      // q <= Q is a test without a division. squared_lower_key gives q's
+      // numerator and denominator.
       const auto squared_lower_key = [&](int64_t i) {
         const double u = uniforms[i];
         double num, den;
         Weights::lower_squared(values[i], num, den);
-        return (1.0 - u) * (1.0 - u) * den * (kMargin * kMargin) / (u * u * num);
+        return std::pair{(1.0 - u) * (1.0 - u) * den * (kMargin * kMargin), u * u * num};
+      };
+      const auto squared_lower_key_value = [&](int64_t i) {
+        const auto [numerator, denominator] = squared_lower_key(i);
+        return numerator / denominator;
       };
       const int64_t m = std::min(kPivotSample, n);
-      for (int64_t s = 0; s < m; ++s) scratch[s] = squared_lower_key(m == kPivotSample ? s * n / kPivotSample : s);
+      for (int64_t s = 0; s < m; ++s) {
+        scratch[s] = squared_lower_key_value(m == kPivotSample ? s * n / kPivotSample : s);
+      }
       // about 1.3 k of the n bounds are expected above the pivot
       const int64_t j = std::min(m, m * k * 13 / (10 * n) + 2);
       const double pivot = kth_smallest(scratch, m, j - 1, buffer);
       if (pivot < 1e200) {  // the products below stay finite
         int64_t c = 0;
         for (int64_t i = 0; i < n; ++i) {
-          const double u = uniforms[i];
-          double num, den;
-          Weights::lower_squared(values[i], num, den);
+          const auto [numerator, denominator] = squared_lower_key(i);
           cells.picked[c] = i;
-          c += (1.0 - u) * (1.0 - u) * den * (kMargin * kMargin) <= pivot * u * u * num;
+          c += numerator <= pivot * denominator;
         }
         if (c >= k) {
-          for (int64_t i = 0; i < c; ++i) scratch[i] = squared_lower_key(cells.picked[i]);
+          for (int64_t i = 0; i < c; ++i) scratch[i] = squared_lower_key_value(cells.picked[i]);
           cut = -std::sqrt(kth_smallest(scratch, c, k - 1, buffer));
           have_cut = true;
         }
