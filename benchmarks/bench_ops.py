@@ -125,6 +125,29 @@ def listmle_case(num_rows, K, L):
     return make
 
 
+def dot_lists_case(n_rows, n_cols, num_lists, width, dim):
+    """A training step's scoring of lists: forward, then the backward into
+    both tables (gradients dropped each time, as a step's optimizer does)."""
+    def make(device):
+        gen = torch.Generator(device).manual_seed(0)
+        row_table = torch.randn(n_rows, dim, device=device, generator=gen).requires_grad_()
+        col_table = torch.randn(n_cols, dim, device=device, generator=gen).requires_grad_()
+        rows = torch.randint(0, n_rows, (num_lists,), device=device, generator=gen)
+        cols = torch.randint(0, n_cols, (num_lists, width), device=device, generator=gen)
+
+        def step(fn):
+            def run():
+                row_table.grad = col_table.grad = None
+                scores = fn(row_table, rows, col_table, cols)
+                scores.sum().backward()
+                return scores
+            return run
+
+        return step(reference.dot_lists), step(ops.dot_lists)
+
+    return make
+
+
 def weighted_case(num_rows, num_cols, k):
     def make(device):
         gen = torch.Generator(device).manual_seed(0)
@@ -159,6 +182,10 @@ CASES = [
     Case("rank_positions", "CiteULike 5551 x 16980, all columns, 40 excluded/row", rank_case(5551, 16980, None, 40)),
     Case("relaxed_listmle fwd+bwd", "B=1024, K=L=40", listmle_case(1024, 40, 40)),
     Case("relaxed_listmle fwd+bwd", "B=5219, K=L=40", listmle_case(5219, 40, 40)),
+    # a CiteULike student's (d=20) scoring per batch: BPR's loss; DCD's user side (RRD + UCD lists)
+    Case("dot_lists fwd+bwd", "d=20, 1024 users x 2 of 16980 items", dot_lists_case(5551, 16980, 1024, 2, 20)),
+    Case("dot_lists fwd+bwd", "d=20, 29 users x 160 of 16980 items", dot_lists_case(5551, 16980, 29, 160, 20)),
+    Case("dot_lists fwd+bwd", "d=64, 1024 users x 80 of 16980 items", dot_lists_case(5551, 16980, 1024, 80, 64)),
     Case("weighted_sample", "5219 x 500, k=40", weighted_case(5219, 500, 40)),
     Case("discrepancy_sample", "5219 x 500, k=40", discrepancy_case(5219, 500, 40)),
 ]

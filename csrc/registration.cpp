@@ -48,6 +48,13 @@ TORCH_LIBRARY(rankdistill, m) {
   m.def(
       "dot_top_columns(Tensor row_embeddings, Tensor col_embeddings, int k, "
       "Tensor? exclude_indptr, Tensor? exclude_indices) -> Tensor");
+  // Scores of lists of pairs of a dot-product model:
+  // out[b, m] = <row_table[rows[b]], col_table[cols[b, m]]>; the backward
+  // returns the two tables' (dense) gradients.
+  m.def("dot_lists(Tensor row_table, Tensor rows, Tensor col_table, Tensor cols) -> Tensor");
+  m.def(
+      "dot_lists_backward(Tensor grad, Tensor row_table, Tensor rows, Tensor col_table, "
+      "Tensor cols) -> (Tensor, Tensor)");
   m.def(
       "weighted_sample(Tensor weights, int k, bool sorted, Generator? generator, int first_row=0) -> Tensor",
       {at::Tag::nondeterministic_seeded});

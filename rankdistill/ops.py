@@ -18,8 +18,8 @@ import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.rankdistill)
 
-__all__ = ["rank_positions", "dot_rank_positions", "dot_top_columns", "weighted_sample", "discrepancy_sample",
-           "relaxed_listmle"]
+__all__ = ["rank_positions", "dot_rank_positions", "dot_top_columns", "dot_lists", "weighted_sample",
+           "discrepancy_sample", "relaxed_listmle"]
 
 _ops = torch.ops.rankdistill
 _REDUCTIONS = ("mean", "sum", "none")
@@ -168,6 +168,45 @@ def dot_top_columns(
     return _ops.dot_top_columns(row_embeddings.detach(), col_embeddings.detach(), _sample_size(k), indptr, indices)
 
 
+def dot_lists(
+    row_table: torch.Tensor,
+    rows: torch.Tensor,
+    col_table: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """Scores of lists of pairs of a dot-product model, differentiable::
+
+        out[b, m] = <row_table[rows[b]], col_table[cols[b, m]]>
+
+    What ``(col_table[cols] * row_table[rows, None]).sum(-1)`` computes,
+    without the ``[B, M, d]`` gathered rows: the backward adds each pair's
+    products straight into the two tables' gradients (dense, like
+    ``index_select``'s). On the CPU at a student's size (d = 20, a few
+    thousand pairs) forward and backward together take a fraction of the
+    composite form's time, which is mostly dispatch, zero-filled temporaries
+    and an ``index_add`` (see benchmarks/bench_ops.py). Each score sums its
+    products in a fixed order, whatever the other pairs of the call. On CUDA
+    the backward adds with atomics, so its last bits may vary between runs, as
+    ``index_add``'s do.
+
+    Args:
+        row_table: float ``[R, d]`` (float32, float64, float16 or bfloat16;
+            the half types accumulate in float32).
+        rows: int64 ``[B]``, indices into ``row_table``.
+        col_table: ``[N, d]``, the dtype and device of ``row_table``.
+        cols: int64 ``[B, M]``, indices into ``col_table``.
+
+    Returns:
+        ``[B, M]`` in the tables' dtype.
+
+    Raises TypeError for tables that are not floating point or differ in
+    dtype, or indices that are not int64; ValueError for mismatched shapes;
+    IndexError for an index out of range. A backward that builds a graph
+    (``create_graph=True``) differentiates the composite form instead.
+    """
+    return _ops.dot_lists(row_table, rows, col_table, cols)
+
+
 def weighted_sample(
     weights: torch.Tensor,
     k: int,
@@ -312,6 +351,18 @@ def _dot_top_columns_fake(row_embeddings, col_embeddings, k, exclude_indptr, exc
     return row_embeddings.new_empty((row_embeddings.shape[0], k), dtype=torch.long)
 
 
+@torch.library.register_fake("rankdistill::dot_lists")
+def _dot_lists_fake(row_table, rows, col_table, cols):
+    return row_table.new_empty((cols.shape[0], cols.shape[1]))
+
+
+@torch.library.register_fake("rankdistill::dot_lists_backward")
+def _dot_lists_backward_fake(grad, row_table, rows, col_table, cols):
+    return torch.empty_like(row_table, memory_format=torch.contiguous_format), torch.empty_like(
+        col_table, memory_format=torch.contiguous_format
+    )
+
+
 @torch.library.register_fake("rankdistill::weighted_sample")
 def _weighted_sample_fake(weights, k, sorted, generator, first_row=0):
     return weights.new_empty((weights.shape[0], k), dtype=torch.long)
@@ -403,4 +454,34 @@ def _relaxed_listmle_differentiable_backward(ctx, grad_loss, ranked, tail, ranke
 
 torch.library.register_autograd(
     "rankdistill::relaxed_listmle", _relaxed_listmle_backward, setup_context=_relaxed_listmle_setup_context
+)
+
+
+# dot_lists: the backward op returns both tables' gradients; a backward that
+# builds a graph differentiates the composite form on the saved inputs.
+
+def _dot_lists_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _dot_lists_backward(ctx, grad):
+    row_table, rows, col_table, cols = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        grad_rows, grad_cols = _composite_dot_lists_backward(grad, row_table, rows, col_table, cols)
+    else:
+        grad_rows, grad_cols = _ops.dot_lists_backward(grad, row_table, rows, col_table, cols)
+    return (grad_rows if ctx.needs_input_grad[0] else None, None,
+            grad_cols if ctx.needs_input_grad[2] else None, None)
+
+
+def _composite_dot_lists_backward(grad, row_table, rows, col_table, cols):
+    picked_rows, picked_cols = row_table[rows], col_table[cols]
+    grad_rows = torch.zeros_like(row_table).index_add(0, rows, (grad.unsqueeze(2) * picked_cols).sum(1))
+    grad_cols = torch.zeros_like(col_table).index_add(
+        0, cols.reshape(-1), (grad.unsqueeze(2) * picked_rows.unsqueeze(1)).reshape(-1, row_table.shape[1]))
+    return grad_rows, grad_cols
+
+
+torch.library.register_autograd(
+    "rankdistill::dot_lists", _dot_lists_backward, setup_context=_dot_lists_setup_context
 )

@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["rank_positions", "dot_rank_positions", "dot_top_columns", "weighted_sample", "discrepancy_sample",
-           "relaxed_listmle"]
+__all__ = ["rank_positions", "dot_rank_positions", "dot_top_columns", "dot_lists", "weighted_sample",
+           "discrepancy_sample", "relaxed_listmle"]
 
 
 def rank_positions(
@@ -83,6 +83,12 @@ def _check_weights(weights: torch.Tensor, k: int) -> None:
         raise ValueError(f"k ({k}) must lie in [0, number of columns = {weights.shape[1]}]")
     if not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError("sampling weights must be finite and non-negative")
+
+
+def dot_lists(row_table: torch.Tensor, rows: torch.Tensor, col_table: torch.Tensor,
+              cols: torch.Tensor) -> torch.Tensor:
+    """Gathered rows multiplied and summed (see ``ops.dot_lists``)."""
+    return (col_table[cols] * row_table[rows].unsqueeze(1)).sum(-1)
 
 
 def weighted_sample(

@@ -5,7 +5,8 @@ signs, subnormals, the smallest normal numbers, tiny spreads (neighbouring
 floats), the largest finite values, infinities, many ties and all-equal rows,
 in every supported dtype and in non-contiguous layouts. Each op is compared
 with an independent expectation: rankdistill.reference (sort-based ranks, the
-padding rule of the multinomial sampler, the logcumsumexp loss) or a bound or
+padding rule of the multinomial sampler, the logcumsumexp loss, gathered
+products summed in float64) or a bound or
 invariance that the op's definition implies.
 
 rank_positions runs in a subprocess, over a batch of drawn cases, so that a
@@ -331,6 +332,83 @@ def test_discrepancy_sample_properties(device, data):
 
 
 # --- relaxed_listmle ---------------------------------------------------------
+
+@st.composite
+def dot_lists_cases(draw, with_infinity):
+    """Two tables of one dtype and dimension, drawn as ``matrices`` (ties,
+    neighbours, extremes), and lists of indices into them with repeats."""
+    dtype = draw(st.sampled_from(DTYPES))
+    row_table = draw(matrices(dtype, with_infinity=with_infinity, max_cols=24))
+    col_table = draw(matrices(dtype, with_infinity=with_infinity, rows=draw(st.integers(1, 4)),
+                              min_cols=row_table.shape[1], max_cols=row_table.shape[1]))
+    num_lists, width = draw(st.integers(0, 4)), draw(st.integers(0, 5))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32)))
+    rows = torch.randint(row_table.shape[0], (num_lists,), generator=gen)
+    cols = torch.randint(col_table.shape[0], (num_lists, width), generator=gen)
+    return row_table, rows, col_table, cols, draw(layouts)
+
+
+def dot_error_bound(products, dtype):
+    """What summing ``products`` [..., d] (exact in float64) in the op's
+    accumulation type and rounding the sum to dtype may be off by: d
+    roundings of partial sums at most sum|p|, each product's own rounding, and
+    the final rounding (with the smallest subnormal of either type as a floor)."""
+    eps = accumulation_eps(dtype)
+    magnitude = products.abs().sum(-1)
+    floor = torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+    return (products.shape[-1] + 1) * eps * magnitude + torch.finfo(dtype).eps * magnitude + 4 * floor
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(case=dot_lists_cases(with_infinity=True))
+def test_dot_lists_matches_float64_products(device, case):
+    row_table, rows, col_table, cols, layout = case
+    dtype = row_table.dtype
+    got = ops.dot_lists(on_device(laid_out(row_table, layout), device), rows.to(device),
+                        on_device(laid_out(col_table, layout), device), cols.to(device)).cpu()
+    assert got.dtype == dtype and got.shape == cols.shape
+    products = col_table.double()[cols] * row_table.double()[rows].unsqueeze(1)
+    want = products.sum(-1)
+    finite = torch.isfinite(products)
+    # A sum whose finite part cannot overflow the accumulation type (nor the
+    # result's dtype) has the float64 result's NaN / infinity exactly; the
+    # finite sums are within the rounding bound.
+    room = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max / 4
+    safe = torch.where(finite, products.abs(), 0.0).sum(-1) < min(room, torch.finfo(dtype).max / 4)
+    assert torch.equal(torch.isnan(got[safe]), torch.isnan(want[safe]))
+    infinite = safe & torch.isinf(want)
+    assert torch.equal(got[infinite].double(), want[infinite])
+    exact = safe & torch.isfinite(want)
+    assert bool(((got.double() - want).abs()[exact] <= dot_error_bound(products, dtype)[exact]).all()), (got, want)
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(case=dot_lists_cases(with_infinity=False))
+def test_dot_lists_gradients(device, case):
+    # d out[b, m] / d row_table[rows[b]] = col_table[cols[b, m]] and back:
+    # with unit weights each table row's gradient is the sum of the other
+    # table's rows it met, checked against that sum in float64.
+    row_table, rows, col_table, cols, layout = case
+    dtype = row_table.dtype
+    r = on_device(laid_out(row_table, layout), device).requires_grad_()
+    c = on_device(laid_out(col_table, layout), device).requires_grad_()
+    ops.dot_lists(r, rows.to(device), c, cols.to(device)).sum().backward()
+    met_by_rows = (rows, col_table.double()[cols].sum(1), col_table.double().abs()[cols].sum(1))
+    met_by_cols = (cols.reshape(-1), *(x.repeat_interleave(cols.shape[1], 0)
+                                       for x in (row_table.double()[rows], row_table.double().abs()[rows])))
+    eps = accumulation_eps(dtype)
+    for got, table, (index, terms, magnitudes) in ((r.grad.cpu(), row_table, met_by_rows),
+                                                   (c.grad.cpu(), col_table, met_by_cols)):
+        want = torch.zeros(table.shape, dtype=torch.float64).index_add_(0, index, terms)
+        magnitude = torch.zeros(table.shape, dtype=torch.float64).index_add_(0, index, magnitudes)
+        count = torch.zeros(table.shape[0], dtype=torch.float64).index_add_(
+            0, index, torch.ones(len(index), dtype=torch.float64)).unsqueeze(1)
+        assert got.dtype == dtype
+        # no partial sum can overflow where the sum of magnitudes stays below the type's largest value
+        ok = magnitude < torch.finfo(dtype).max / 4
+        tol = (count + 1) * eps * magnitude + torch.finfo(dtype).eps * want.abs() + 4 * torch.finfo(dtype).tiny
+        assert bool(((got.double() - want).abs()[ok] <= tol[ok]).all()), (got, want)
+
 
 def accumulation_eps(dtype):
     return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps

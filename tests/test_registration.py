@@ -11,8 +11,8 @@ def opcheck(op, args):
 
 
 def test_visible_under_torch_ops():
-    for name in ("rank_positions", "dot_rank_positions", "dot_top_columns", "weighted_sample", "discrepancy_sample",
-                 "relaxed_listmle", "relaxed_listmle_backward"):
+    for name in ("rank_positions", "dot_rank_positions", "dot_top_columns", "dot_lists", "dot_lists_backward",
+                 "weighted_sample", "discrepancy_sample", "relaxed_listmle", "relaxed_listmle_backward"):
         assert hasattr(torch.ops.rankdistill, name)
 
 
@@ -41,6 +41,17 @@ def test_opcheck_dot_top_columns(device):
     indices = torch.tensor([1, 4, 0, 7, 7, 29], device=device)
     opcheck(torch.ops.rankdistill.dot_top_columns, (rows, cols, 7, indptr, indices))
     opcheck(torch.ops.rankdistill.dot_top_columns, (rows.double(), cols.double(), 40, None, None))
+
+
+def test_opcheck_dot_lists(device):
+    row_table = torch.randn(6, 5, device=device, dtype=torch.float64, requires_grad=True)
+    col_table = torch.randn(9, 5, device=device, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([0, 5, 5, 2], device=device)
+    cols = torch.randint(0, 9, (4, 7), device=device)
+    opcheck(torch.ops.rankdistill.dot_lists, (row_table, rows, col_table, cols))
+    opcheck(torch.ops.rankdistill.dot_lists, (row_table.detach().float(), rows, col_table.detach().float(), cols))
+    grad = torch.randn(4, 7, device=device, dtype=torch.float64)
+    opcheck(torch.ops.rankdistill.dot_lists_backward, (grad, row_table.detach(), rows, col_table.detach(), cols))
 
 
 def test_opcheck_samplers(device):
