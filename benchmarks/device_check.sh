@@ -35,7 +35,7 @@ if [ "$DEVICE" = cuda ]; then
   step build "$PYTHON" -m pip install --no-build-isolation -e . || { printf '%s\n' "${summary[@]}"; exit 1; }
   step tests "$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests
   if [ -z "${SKIP_SANITIZER:-}" ]; then
-    ops_tests="tests/test_rank_positions.py tests/test_dot_rank_positions.py tests/test_dot_top_columns.py tests/test_sampling.py tests/test_relaxed_listmle.py"
+    ops_tests="tests/test_rank_positions.py tests/test_dot_rank_positions.py tests/test_dot_top_columns.py tests/test_dot_lists.py tests/test_sampling.py tests/test_relaxed_listmle.py"
     step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
       "$PYTHON" -m pytest -q -p no:cacheprovider -x -k "cuda and not large_catalogue" $ops_tests
     step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
