@@ -8,6 +8,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "dot_lists.h"
@@ -15,7 +16,7 @@
 namespace rankdistill {
 namespace {
 
-constexpr int64_t kPairGrain = 4096;  // pairs per task of the forward
+constexpr int64_t kPairGrain = 4096;  // pairs per task of the forward (whole lists), at least
 
 at::Tensor dot_lists_cpu(const at::Tensor& row_table, const at::Tensor& rows, const at::Tensor& col_table,
                          const at::Tensor& cols) {
@@ -32,10 +33,12 @@ at::Tensor dot_lists_cpu(const at::Tensor& row_table, const at::Tensor& rows, co
     const int64_t* row_id = row_ids.const_data_ptr<int64_t>();
     const int64_t* col_id = col_ids.const_data_ptr<int64_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, num_lists * width, kPairGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t pair = begin; pair < end; ++pair) {
-        const scalar_t* row = row_data + row_id[pair / width] * dim;
-        out_data[pair] = static_cast<scalar_t>(table_row_dot<scalar_t, acc_t>(row, col_data + col_id[pair] * dim, dim));
+    at::parallel_for(0, num_lists, std::max<int64_t>(1, kPairGrain / width), [&](int64_t begin, int64_t end) {
+      for (int64_t list = begin; list < end; ++list) {
+        const scalar_t* row = row_data + row_id[list] * dim;
+        for (int64_t m = list * width; m < (list + 1) * width; ++m) {
+          out_data[m] = static_cast<scalar_t>(table_row_dot<scalar_t, acc_t>(row, col_data + col_id[m] * dim, dim));
+        }
       }
     });
   });
