@@ -119,6 +119,26 @@ def test_rrd_samples_interesting_in_teacher_order_and_uninteresting_below(split,
         assert not side.observed.contains(torch.arange(side.n_rows)[:, None], uninteresting).any()
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_outside_top_is_the_observed_and_listed_columns(padded):
+    # What RRD's uninteresting columns avoid, with and without padded lists
+    # (the two ways the listed columns are gathered), against Python sets;
+    # a column both observed and listed (a list of your own may hold one)
+    # counts once.
+    interactions = InteractionMatrix.from_pairs([0, 0, 1, 2, 2, 2], [1, 4, 0, 2, 3, 5], 3, 7)
+    top = torch.tensor([[0, 2, 4], [1, 3, 5], [6, 0, 1]])
+    if padded:
+        top[1, 2] = top[2, 1:] = -1
+    side = Side("user", top, interactions)
+    assert side.has_padding == padded
+    observed = {(0, 1), (0, 4), (1, 0), (2, 2), (2, 3), (2, 5)}
+    listed = {(r, c) for r in range(3) for c in top[r].tolist() if c >= 0}
+    expected = torch.tensor([[(r, c) in observed | listed for c in range(7)] for r in range(3)])
+    outside = side.outside_top
+    assert torch.equal(outside.contains(torch.arange(3)[:, None], torch.arange(7).expand(3, 7)), expected)
+    assert outside.counts.tolist() == expected.sum(1).tolist()
+
+
 def test_rrd_interesting_follows_exp_of_minus_rank_over_t(split, rankings):
     # One draw of a single column: P(rank k) = exp(-k/T) / sum_j exp(-j/T).
     side = user_side(split, rankings)

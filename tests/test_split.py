@@ -147,17 +147,24 @@ def test_distinct_draws_cover_every_unobserved_item_when_k_is_all_of_them():
         assert sorted(row) == [0, 1, 3, 4, 6, 7]
 
 
+@pytest.mark.parametrize("repeated", [True, False])  # the bits are built from the keys as given, or made distinct
 @pytest.mark.parametrize("n_users, n_items", [(7, 13), (40, 301), (1, 1)])  # bits not a multiple of 8 too
-def test_observed_bits_and_sorted_keys_agree(n_users, n_items):
+def test_observed_bits_and_sorted_keys_agree(n_users, n_items, repeated):
     # Membership by a bit per pair (small catalogues) and by binary search
-    # (large ones), against a Python set; repeated pairs, every pair queried,
-    # users broadcast against items; the samplers draw the same with either.
+    # (large ones), against a Python set; repeated pairs or distinct ones in
+    # any order, every pair queried, users broadcast against items; the
+    # samplers draw the same with either.
     gen = torch.Generator().manual_seed(n_users * n_items)
-    users = torch.randint(n_users, (3 * n_users * n_items // 4 + 1,), generator=gen)
-    items = torch.randint(n_items, users.shape, generator=gen)
+    if repeated:
+        users = torch.randint(n_users, (3 * n_users * n_items // 4 + 1,), generator=gen)
+        items = torch.randint(n_items, users.shape, generator=gen)
+    else:
+        keys = torch.randperm(n_users * n_items, generator=gen)[:3 * n_users * n_items // 4 + 1]
+        users, items = keys // n_items, keys % n_items
     pairs = set(zip(users.tolist(), items.tolist()))
     bits, keys = (ObservedItems(users, items, n_users, n_items, bitset=b) for b in (True, False))
     assert bits.bits is not None and keys.bits is None and torch.equal(bits.counts, keys.counts)
+    assert bits.counts.tolist() == [sum(1 for p in pairs if p[0] == u) for u in range(n_users)]
     all_users = torch.arange(n_users)[:, None].expand(n_users, n_items)
     all_items = torch.arange(n_items).expand(n_users, n_items)
     expected = torch.tensor([[(u, i) in pairs for i in range(n_items)] for u in range(n_users)])

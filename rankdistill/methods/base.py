@@ -165,9 +165,13 @@ class Side:
         """The columns of each row that are observed or in the teacher's top-C:
         what is left are the columns ranked below the top-C."""
         rows = torch.arange(self.n_rows, device=self.device)
-        listed = ~self.padding
-        return ObservedItems(torch.cat([self.observed_rows, rows[:, None].expand_as(self.top)[listed]]),
-                             torch.cat([self.indices, self.top[listed]]), self.n_rows, self.n_cols, self.device)
+        if self.has_padding:
+            listed = ~self.padding
+            top_rows, top_cols = rows[:, None].expand_as(self.top)[listed], self.top[listed]
+        else:  # every entry listed: no masked selection (a tenth of the time)
+            top_rows, top_cols = rows.repeat_interleave(self.top.shape[1]), self.top.reshape(-1)
+        return ObservedItems(torch.cat([self.observed_rows, top_rows]), torch.cat([self.indices, top_cols]),
+                             self.n_rows, self.n_cols, self.device)
 
     def scores(self, model: Scorer, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``[R, M]`` scores of row ``rows[r]`` against columns ``cols[r, :]``
