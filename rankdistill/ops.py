@@ -182,9 +182,10 @@ def dot_lists(
     without the ``[B, M, d]`` gathered rows: the backward adds each pair's
     products straight into the two tables' gradients (dense, like
     ``index_select``'s). On the CPU at a student's size (d = 20, a few
-    thousand pairs) forward and backward together take a fraction of the
-    composite form's time, which is mostly dispatch, zero-filled temporaries
-    and an ``index_add`` (see benchmarks/bench_ops.py). Each score sums its
+    thousand pairs) forward and backward together take a half to two thirds
+    of the composite form's time, which is mostly dispatch, zero-filled
+    temporaries and an ``index_add``, and a fifth at d = 64 and 80,000 pairs
+    (benchmarks/results/cpu.md). Each score sums its
     products in a fixed order, whatever the other pairs of the call. On CUDA
     the backward adds with atomics, so its last bits may vary between runs, as
     ``index_add``'s do.
