@@ -27,8 +27,9 @@ BITSET_MAX_PAIRS = 1 << 30
 
 
 class ObservedItems:
-    """The set of (user, item) pairs a sampler must avoid, as sorted keys (and,
-    for at most ``BITSET_MAX_PAIRS`` pairs, or as ``bitset`` says, as bits)."""
+    """The set of (user, item) pairs a sampler must avoid, as a bit per pair
+    (for at most ``BITSET_MAX_PAIRS`` pairs, or as ``bitset`` says) or as
+    sorted keys ``user * n_items + item``; ``counts``: the pairs of each user."""
 
     def __init__(self, users: torch.Tensor | np.ndarray, items: torch.Tensor | np.ndarray, n_users: int, n_items: int,
                  device: torch.device | str = "cpu", *, bitset: bool | None = None) -> None:
@@ -45,7 +46,7 @@ class ObservedItems:
             # and the teacher's list of unobserved items), which the bits'
             # count proves: a repeated key carries into another bit, and
             # the count falls short. Only then are the keys made distinct,
-            # by a sort (5-10x the time of the bits at CiteULike's size).
+            # by a sort (5x the time of the bits at CiteULike's size).
             self.bits = _bits_of(keys, pairs)
             set_bits = torch.bincount(self.bits, minlength=256) @ _BIT_COUNTS.to(keys.device)
             if int(set_bits) != len(keys):
@@ -77,10 +78,11 @@ _BIT_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=
 
 
 def _bits_of(keys: torch.Tensor, pairs: int) -> torch.Tensor:
-    """One byte per 8 pairs, each key's bit added to its byte (set, for distinct keys)."""
-    values = torch.ones_like(keys, dtype=torch.int32).bitwise_left_shift_(keys % 8)
-    return torch.zeros((pairs + 7) // 8, dtype=torch.int32, device=keys.device).index_add_(
-        0, keys // 8, values).to(torch.uint8)
+    """One byte per 8 pairs, each key's bit added to its byte (set, for
+    distinct keys, whose bits in a byte sum to at most 255; repeated keys
+    carry, and may wrap around, which the caller's count of set bits shows)."""
+    values = torch.ones_like(keys, dtype=torch.uint8).bitwise_left_shift_((keys % 8).to(torch.uint8))
+    return torch.zeros((pairs + 7) // 8, dtype=torch.uint8, device=keys.device).index_add_(0, keys // 8, values)
 
 
 def sample_unobserved(
