@@ -139,6 +139,20 @@ def test_outside_top_is_the_observed_and_listed_columns(padded):
     assert outside.counts.tolist() == expected.sum(1).tolist()
 
 
+def test_rrd_interesting_never_draws_padding():
+    # A row with two listed columns of five: k = 4 draws both, in the
+    # teacher's order, then -1; full rows draw 4 distinct listed columns.
+    interactions = InteractionMatrix.from_pairs([0, 1, 2], [9, 9, 9], 3, 10)
+    top = torch.tensor([[0, 1, 2, 3, 4], [5, 6, -1, -1, -1], [8, 7, 6, 5, 4]])
+    side = Side("user", top, interactions)
+    for seed in range(20):
+        drawn = sample_interesting(side, 4, 10.0, torch.Generator().manual_seed(seed))
+        assert drawn[1].tolist() == [5, 6, -1, -1]
+        for r in (0, 2):
+            positions = [top[r].tolist().index(c) for c in drawn[r].tolist()]
+            assert positions == sorted(set(positions)) and len(positions) == 4
+
+
 def test_rrd_interesting_follows_exp_of_minus_rank_over_t(split, rankings):
     # One draw of a single column: P(rank k) = exp(-k/T) / sum_j exp(-j/T).
     side = user_side(split, rankings)
