@@ -38,6 +38,19 @@ def test_scoring_paths_agree(name, grad):
     assert torch.allclose(many, full.gather(1, items), atol=1e-6)
 
 
+def test_bpr_takes_ids_of_any_integer_dtype():
+    # as index_select did: the same scores and gradients from int64 ids and narrower ones
+    users, items = torch.tensor([0, 3, 6, 3]), torch.tensor([[0, 5], [1, 1], [12, 7], [2, 0]])
+    results = []
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        model = make("bpr").train()
+        scores = model.score_items(users.to(dtype), items.to(dtype))
+        (scores.sum() + model.score_users(items[:, 0].to(dtype), users[:, None].to(dtype)).sum()).backward()
+        results.append((scores.detach(), model.user_emb.weight.grad, model.item_emb.weight.grad))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_score_all_blocks_give_the_same_scores(name, monkeypatch):
     model = make(name)

@@ -74,4 +74,4 @@ def _dot_lists(row_table: torch.Tensor, rows: torch.Tensor, col_table: torch.Ten
     if sparse:
         gathered, row = F.embedding(cols, col_table, sparse=True), F.embedding(rows, row_table, sparse=True)
         return (gathered * row[:, None, :]).sum(-1)
-    return dot_lists(row_table, rows, col_table, cols)
+    return dot_lists(row_table, rows.long(), col_table, cols.long())  # ids of any integer dtype, as index_select takes
