@@ -188,7 +188,8 @@ def dot_lists(
     (benchmarks/results/cpu.md). Each score sums its
     products in a fixed order, whatever the other pairs of the call. On CUDA
     the backward adds with atomics, so its last bits may vary between runs, as
-    ``index_add``'s do.
+    ``index_add``'s do (``torch.use_deterministic_algorithms(True)`` makes it
+    raise there).
 
     Args:
         row_table: float ``[R, d]`` (float32, float64, float16 or bfloat16;

@@ -93,6 +93,25 @@ def test_one_table_needs_no_gradient(device):
     torch.testing.assert_close(c.grad.cpu(), c_ref.grad)
 
 
+def test_deterministic_mode(device):
+    # The CPU backward is one serial pass: allowed. The CUDA one adds with
+    # atomics: refused, as PyTorch refuses its own such ops.
+    row_table, rows, col_table, cols = [x.to(device) for x in random_case(3, 4, 5, torch.float32, seed=2)]
+    r = row_table.clone().requires_grad_()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        scores = ops.dot_lists(r, rows, col_table, cols)
+        if device.type == "cpu":
+            scores.sum().backward()
+            assert r.grad is not None
+        else:
+            with pytest.raises(RuntimeError, match="dot_lists_backward"):
+                scores.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def test_a_score_does_not_depend_on_its_call(device):
     # Each pair's products are summed in a fixed order: scoring a pair alone
     # or among others gives the same bits.

@@ -2,8 +2,10 @@
 // table_row_dot; the backward adds each pair's two products into the tables'
 // gradients with atomics in the accumulation type (float or double), so, as
 // with index_add on CUDA, the order of those additions (and the last bits of
-// the gradients) may vary from run to run.
+// the gradients) may vary from run to run: under
+// torch.use_deterministic_algorithms(True) it raises, as PyTorch's own such ops do.
 #include <ATen/AccumulateType.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -69,6 +71,7 @@ std::tuple<at::Tensor, at::Tensor> dot_lists_backward_cuda(const at::Tensor& gra
                                                            const at::Tensor& rows, const at::Tensor& col_table,
                                                            const at::Tensor& cols) {
   check_dot_lists_backward_inputs(grad, row_table, rows, col_table, cols);
+  at::globalContext().alertNotDeterministic("rankdistill::dot_lists_backward (CUDA: atomic additions)");
   const c10::cuda::CUDAGuard device_guard(row_table.device());
   const at::Tensor row_values = row_table.contiguous(), col_values = col_table.contiguous();
   const at::Tensor row_ids = rows.contiguous(), col_ids = cols.contiguous(), grad_values = grad.contiguous();
