@@ -48,7 +48,8 @@ class ObservedItems:
             # the count falls short. Only then are the keys made distinct,
             # by a sort (5x the time of the bits at CiteULike's size).
             self.bits = _bits_of(keys, pairs)
-            set_bits = torch.bincount(self.bits, minlength=256) @ _BIT_COUNTS.to(keys.device)
+            # (a product and a sum, not `@`: CUDA has no int64 matrix-vector product)
+            set_bits = (torch.bincount(self.bits, minlength=256) * _BIT_COUNTS.to(keys.device)).sum()
             if int(set_bits) != len(keys):
                 keys = torch.unique(keys)
                 self.bits = _bits_of(keys, pairs)

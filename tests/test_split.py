@@ -149,7 +149,7 @@ def test_distinct_draws_cover_every_unobserved_item_when_k_is_all_of_them():
 
 @pytest.mark.parametrize("repeated", [True, False])  # the bits are built from the keys as given, or made distinct
 @pytest.mark.parametrize("n_users, n_items", [(7, 13), (40, 301), (1, 1)])  # bits not a multiple of 8 too
-def test_observed_bits_and_sorted_keys_agree(n_users, n_items, repeated):
+def test_observed_bits_and_sorted_keys_agree(n_users, n_items, repeated, device):
     # Membership by a bit per pair (small catalogues) and by binary search
     # (large ones), against a Python set; repeated pairs or distinct ones in
     # any order, every pair queried, users broadcast against items; the
@@ -162,22 +162,22 @@ def test_observed_bits_and_sorted_keys_agree(n_users, n_items, repeated):
         keys = torch.randperm(n_users * n_items, generator=gen)[:3 * n_users * n_items // 4 + 1]
         users, items = keys // n_items, keys % n_items
     pairs = set(zip(users.tolist(), items.tolist()))
-    bits, keys = (ObservedItems(users, items, n_users, n_items, bitset=b) for b in (True, False))
+    bits, keys = (ObservedItems(users, items, n_users, n_items, device, bitset=b) for b in (True, False))
     assert bits.bits is not None and keys.bits is None and torch.equal(bits.counts, keys.counts)
     assert bits.counts.tolist() == [sum(1 for p in pairs if p[0] == u) for u in range(n_users)]
-    all_users = torch.arange(n_users)[:, None].expand(n_users, n_items)
-    all_items = torch.arange(n_items).expand(n_users, n_items)
+    all_users = torch.arange(n_users, device=device)[:, None].expand(n_users, n_items)
+    all_items = torch.arange(n_items, device=device).expand(n_users, n_items)
     expected = torch.tensor([[(u, i) in pairs for i in range(n_items)] for u in range(n_users)])
-    assert torch.equal(bits.contains(torch.arange(n_users)[:, None], all_items), expected)
-    assert torch.equal(keys.contains(all_users, all_items), expected)
+    assert torch.equal(bits.contains(all_users[:, :1], all_items).cpu(), expected)
+    assert torch.equal(keys.contains(all_users, all_items).cpu(), expected)
     empty = ObservedItems(torch.tensor([], dtype=torch.int64), torch.tensor([], dtype=torch.int64), n_users, n_items,
-                          bitset=True)
+                          device, bitset=True)
     assert not empty.contains(all_users, all_items).any()
     free = n_items - int(bits.counts.max())
     if free:
-        rows = torch.arange(n_users).repeat(5)
+        rows = torch.arange(n_users, device=device).repeat(5)
         for distinct, k in ((False, 3), (True, free)):
-            draws = [sample_unobserved(o, rows, k, distinct=distinct, generator=torch.Generator().manual_seed(2))
+            draws = [sample_unobserved(o, rows, k, distinct=distinct, generator=torch.Generator(device).manual_seed(2))
                      for o in (bits, keys)]
             assert torch.equal(draws[0], draws[1])
             assert not any((u, i) in pairs for u, row in zip(rows.tolist(), draws[0].tolist()) for i in row)
