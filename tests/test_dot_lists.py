@@ -93,6 +93,22 @@ def test_one_table_needs_no_gradient(device):
     torch.testing.assert_close(c.grad.cpu(), c_ref.grad)
 
 
+def test_one_table_on_both_sides(device):
+    # item-item similarity: the same table gives rows and columns; autograd
+    # adds the op's two gradients into it
+    gen = torch.Generator().manual_seed(4)
+    table = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    rows, cols = torch.randint(0, 9, (5,), generator=gen), torch.randint(0, 9, (5, 4), generator=gen)
+    got_t = table.to(device).requires_grad_()
+    got = ops.dot_lists(got_t, rows.to(device), got_t, cols.to(device))
+    got.sum().backward()
+    want_t = table.clone().requires_grad_()
+    want = reference.dot_lists(want_t, rows, want_t, cols)
+    want.sum().backward()
+    torch.testing.assert_close(got.detach().cpu(), want.detach())
+    torch.testing.assert_close(got_t.grad.cpu(), want_t.grad)
+
+
 def test_deterministic_mode(device):
     # The CPU backward is one serial pass: allowed. The CUDA one adds with
     # atomics: refused, as PyTorch refuses its own such ops.
