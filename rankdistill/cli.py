@@ -828,11 +828,15 @@ def _demo_verdict(result: Report, runs: dict[str, list[Any]]) -> str:
             continue
         value, test = table[method]["mean"][metric], tests[("student", method)]
         closed = (value - student) / (teacher - student) if teacher != student else float("nan")
-        sure = ("within this run's noise: not a difference this run can show" if test["p"] >= 0.05 else
-                "a real gain in this run" if value > student else "a real loss in this run")
+        if test["p"] is None:
+            verdict = "every user's difference is the same: no spread to test"
+        else:
+            sure = ("within this run's noise: not a difference this run can show" if test["p"] >= 0.05 else
+                    "a real gain in this run" if value > student else "a real loss in this run")
+            verdict = f"p = {test['p']:.2g}, {sure}"
         lines.append(f"{method}: {metric} {100 * (value / student - 1):+.1f}% over the student, {closed:.0%} of "
                      f"the gap to the teacher closed; paired t-test over the {test['n_users']:,} test users: "
-                     f"p = {test['p']:.2g}, {sure}")
+                     f"{verdict}")
     lines.append(textwrap.fill(f"({DEMO_SEEDS_NOTE})", width=110))
     return "\n".join(lines)
 

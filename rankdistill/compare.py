@@ -251,12 +251,22 @@ def paired_tests(runs: dict[str, list[Run]], metric: str = "H@5") -> list[dict[s
       the per-seed differences were +0.015, +0.022, -0.011).
 
     With more than two methods, each family's p-values are also Holm-adjusted
-    over the comparisons (``p_holm``)."""
+    over the comparisons (``p_holm``).
+
+    Where every difference is the same but not zero (two seeds that each
+    moved the metric by exactly 0.02, to rounding), the t statistic would
+    divide by a spread of zero and scipy's p would be a rounding artefact
+    (about 1e-16 from two seeds): ``t`` and ``p`` are then None, and the
+    summary says there is no spread to test."""
     from scipy import stats  # a heavy import, only needed here
 
-    def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-        if np.all(a == b):
+    def paired(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+        difference = a - b
+        if not difference.any():
             return 0.0, 1.0
+        # the same difference everywhere, to rounding (0.5 - 0.4 and 0.4 - 0.3 differ in the last bit)
+        if np.ptp(difference) <= 1e-9 * np.abs(difference).max():
+            return None, None
         result = stats.ttest_rel(a, b)
         return float(result.statistic), float(result.pvalue)
 
@@ -277,12 +287,11 @@ def paired_tests(runs: dict[str, list[Run]], metric: str = "H@5") -> list[dict[s
             seeds = {"n": len(common), "differences": (seed_a - seed_b).tolist(), "t": seed_t, "p": seed_p}
         tests.append({"a": a, "b": b, "metric": metric, "mean_difference": float(diff.mean()), "t": t, "p": p,
                       "n_users": int(diff.size), "seeds": seeds})
-    if len(tests) > 1:
-        for adjusted, test in zip(holm([test["p"] for test in tests]), tests):
-            test["p_holm"] = adjusted
-        with_seeds = [test["seeds"] for test in tests if test["seeds"] is not None]
-        for adjusted, seeds in zip(holm([seeds["p"] for seeds in with_seeds]), with_seeds):
-            seeds["p_holm"] = adjusted
+    if len(tests) > 1:  # Holm over the family's defined p-values
+        for family in (tests, [test["seeds"] for test in tests if test["seeds"] is not None]):
+            tested = [entry for entry in family if entry["p"] is not None]
+            for adjusted, entry in zip(holm([entry["p"] for entry in tested]), tested):
+                entry["p_holm"] = adjusted
     return tests
 
 
@@ -300,15 +309,16 @@ def holm(p_values: list[float]) -> list[float]:
 
 def _test_line(test: dict[str, Any]) -> str:
     """One comparison: the mean difference, the test over seeds, then over users."""
-    def p(entry: dict[str, Any]) -> str:
-        text = _p_value(entry["p"])
+    def t_and_p(entry: dict[str, Any]) -> str:
+        if entry["p"] is None:
+            return "every difference the same: no spread, no t-test"
+        text = f"t = {entry['t']:.2f}, {_p_value(entry['p'])}"
         return text + (f", Holm {_p_value(entry['p_holm']).removeprefix('p ')}" if "p_holm" in entry else "")
 
     seeds = test.get("seeds")
-    over_seeds = (f"over {seeds['n']} seeds t = {seeds['t']:.2f}, {p(seeds)}" if seeds else
-                  "over seeds n/a (fewer than 2 common seeds)")
+    over_seeds = (f"over {seeds['n']} seeds {t_and_p(seeds)}" if seeds else "over seeds n/a (fewer than 2 common seeds)")
     return (f"{test['a']} vs {test['b']}: mean difference {test['mean_difference']:+.4f}; {over_seeds}; "
-            f"over users t = {test['t']:.2f}, {p(test)}")
+            f"over users {t_and_p(test)}")
 
 
 def _cell(table: dict[str, Any], entry: dict[str, Any], metric: str) -> str:

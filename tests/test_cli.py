@@ -336,6 +336,35 @@ def test_paired_test_p_below_the_smallest_double_is_not_printed_as_zero():
         assert "p < 1e-300" in text and "p = 0" not in text
 
 
+def test_paired_tests_refuse_a_spread_of_zero():
+    # Two seeds that each moved the metric by 0.1 (0.5 - 0.4 and 0.4 - 0.3
+    # differ in the last bit): scipy would give t ~ 1e15 and p ~ 1e-16 with a
+    # precision warning. There is no spread to test: no t, no p, and said so;
+    # Holm adjusts the comparisons that do have a p-value.
+    rng = np.random.default_rng(1)
+    def run(method, seed, value):
+        per_user = np.clip(rng.random(300), 0, 1)
+        return Run(method, seed, {"test": {"H@5": value}, "seconds_per_epoch": 1.0, "best_epoch": 0},
+                   {"H@5": per_user})
+    runs = {"a": [run("a", 0, 0.5), run("a", 1, 0.4)], "b": [run("b", 0, 0.4), run("b", 1, 0.3)],
+            "c": [run("c", 0, 0.45), run("c", 1, 0.2)]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tests = {(t["a"], t["b"]): t for t in paired_tests(runs, "H@5")}
+    flat = tests[("a", "b")]["seeds"]
+    assert flat["t"] is None and flat["p"] is None and "p_holm" not in flat
+    assert flat["differences"] == pytest.approx([0.1, 0.1])
+    others = [tests[pair]["seeds"] for pair in (("a", "c"), ("b", "c"))]
+    assert all(entry["p"] is not None for entry in others)
+    raw = sorted(entry["p"] for entry in others)  # a family of two: the smaller doubled
+    assert sorted(entry["p_holm"] for entry in others) == pytest.approx([min(1.0, 2 * raw[0]), max(min(1.0, 2 * raw[0]), raw[1])])
+    table = summarize(runs, ("H@5",))
+    for text in (format_summary(table, list(tests.values()), ("H@5",)),
+                 markdown_summary(table, list(tests.values()), ("H@5",))):
+        assert "a vs b: mean difference" in text and "over 2 seeds every difference the same: no spread, no t-test" in text
+    json.dumps(list(tests.values()), allow_nan=False)  # the summary file stays strict JSON
+
+
 def test_version_and_a_bare_command(capsys):
     with pytest.raises(SystemExit) as caught:
         main(["--version"])
