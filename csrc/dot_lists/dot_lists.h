@@ -8,7 +8,11 @@
 // spends far more on dispatch and memory traffic than on the B * M * d
 // multiplications themselves when d is small, as in a student.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 
+#include <utility>
+
+#include "../common/accumulate.h"
 #include "../common/checks.h"
 #include "../common/macros.h"
 
@@ -63,5 +67,35 @@ inline void check_dot_lists_backward_inputs(const at::Tensor& grad, const at::Te
   TORCH_CHECK_VALUE(grad.sizes() == cols.sizes(), "grad must have the shape of cols ", cols.sizes(), ", got ",
                     grad.sizes());
 }
+
+// A call's inputs, checked (with the gradient for the backward), then made
+// contiguous for the kernels.
+struct DotListsInputs {
+  at::Tensor row_table, rows, col_table, cols;
+  int64_t num_lists, width, dim;
+
+  DotListsInputs(const at::Tensor& row_table_in, const at::Tensor& rows_in, const at::Tensor& col_table_in,
+                 const at::Tensor& cols_in, const at::Tensor* grad = nullptr) {
+    if (grad == nullptr) {
+      check_dot_lists_inputs(row_table_in, rows_in, col_table_in, cols_in);
+    } else {
+      check_dot_lists_backward_inputs(*grad, row_table_in, rows_in, col_table_in, cols_in);
+    }
+    row_table = row_table_in.contiguous();
+    rows = rows_in.contiguous();
+    col_table = col_table_in.contiguous();
+    cols = cols_in.contiguous();
+    num_lists = cols.size(0);
+    width = cols.size(1);
+    dim = row_table.size(1);
+  }
+
+  // The backward's two gradients, zero, in the accumulation type (the sums
+  // build up there; the caller casts them to the tables' dtype).
+  std::pair<at::Tensor, at::Tensor> zero_gradients() const {
+    const auto options = row_table.options().dtype(accumulate_dtype(row_table.scalar_type()));
+    return {at::zeros(row_table.sizes(), options), at::zeros(col_table.sizes(), options)};
+  }
+};
 
 }  // namespace rankdistill

@@ -5,7 +5,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -20,20 +19,18 @@ constexpr int64_t kPairGrain = 4096;  // pairs per task of the forward (whole li
 
 at::Tensor dot_lists_cpu(const at::Tensor& row_table, const at::Tensor& rows, const at::Tensor& col_table,
                          const at::Tensor& cols) {
-  check_dot_lists_inputs(row_table, rows, col_table, cols);
-  const at::Tensor row_values = row_table.contiguous(), col_values = col_table.contiguous();
-  const at::Tensor row_ids = rows.contiguous(), col_ids = cols.contiguous();
-  const int64_t num_lists = cols.size(0), width = cols.size(1), dim = row_table.size(1);
-  at::Tensor out = at::empty({num_lists, width}, row_table.options());
+  const DotListsInputs in(row_table, rows, col_table, cols);
+  const int64_t width = in.width, dim = in.dim;
+  at::Tensor out = at::empty({in.num_lists, width}, row_table.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, row_table.scalar_type(), "dot_lists_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    const scalar_t* row_data = row_values.const_data_ptr<scalar_t>();
-    const scalar_t* col_data = col_values.const_data_ptr<scalar_t>();
-    const int64_t* row_id = row_ids.const_data_ptr<int64_t>();
-    const int64_t* col_id = col_ids.const_data_ptr<int64_t>();
+    const scalar_t* row_data = in.row_table.const_data_ptr<scalar_t>();
+    const scalar_t* col_data = in.col_table.const_data_ptr<scalar_t>();
+    const int64_t* row_id = in.rows.const_data_ptr<int64_t>();
+    const int64_t* col_id = in.cols.const_data_ptr<int64_t>();
     scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, num_lists, std::max<int64_t>(1, kPairGrain / width), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, in.num_lists, std::max<int64_t>(1, kPairGrain / width), [&](int64_t begin, int64_t end) {
       for (int64_t list = begin; list < end; ++list) {
         const scalar_t* row = row_data + row_id[list] * dim;
         for (int64_t m = list * width; m < (list + 1) * width; ++m) {
@@ -48,34 +45,30 @@ at::Tensor dot_lists_cpu(const at::Tensor& row_table, const at::Tensor& rows, co
 std::tuple<at::Tensor, at::Tensor> dot_lists_backward_cpu(const at::Tensor& grad, const at::Tensor& row_table,
                                                           const at::Tensor& rows, const at::Tensor& col_table,
                                                           const at::Tensor& cols) {
-  check_dot_lists_backward_inputs(grad, row_table, rows, col_table, cols);
-  const at::Tensor row_values = row_table.contiguous(), col_values = col_table.contiguous();
-  const at::Tensor row_ids = rows.contiguous(), col_ids = cols.contiguous(), grad_values = grad.contiguous();
-  const int64_t num_lists = cols.size(0), width = cols.size(1), dim = row_table.size(1);
-  const auto table_dtype = row_table.scalar_type();
-  // Sums build up in the accumulation type (float for the half types).
-  const auto acc_options = row_table.options().dtype(table_dtype == at::kDouble ? at::kDouble : at::kFloat);
-  at::Tensor grad_rows = at::zeros(row_table.sizes(), acc_options), grad_cols = at::zeros(col_table.sizes(), acc_options);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table_dtype, "dot_lists_backward_cpu", [&] {
+  const DotListsInputs in(row_table, rows, col_table, cols, &grad);
+  const at::Tensor grad_values = grad.contiguous();
+  const int64_t width = in.width, dim = in.dim;
+  auto [grad_rows, grad_cols] = in.zero_gradients();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, row_table.scalar_type(), "dot_lists_backward_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-    const scalar_t* row_data = row_values.const_data_ptr<scalar_t>();
-    const scalar_t* col_data = col_values.const_data_ptr<scalar_t>();
+    const scalar_t* row_data = in.row_table.const_data_ptr<scalar_t>();
+    const scalar_t* col_data = in.col_table.const_data_ptr<scalar_t>();
     const scalar_t* grad_data = grad_values.const_data_ptr<scalar_t>();
-    const int64_t* row_id = row_ids.const_data_ptr<int64_t>();
-    const int64_t* col_id = col_ids.const_data_ptr<int64_t>();
+    const int64_t* row_id = in.rows.const_data_ptr<int64_t>();
+    const int64_t* col_id = in.cols.const_data_ptr<int64_t>();
     acc_t* grad_row_data = grad_rows.mutable_data_ptr<acc_t>();
     acc_t* grad_col_data = grad_cols.mutable_data_ptr<acc_t>();
     std::vector<acc_t> row(dim), row_sum(dim);
-    for (int64_t list = 0; list < num_lists; ++list) {
+    for (int64_t list = 0; list < in.num_lists; ++list) {
       const scalar_t* row_in = row_data + row_id[list] * dim;
       for (int64_t k = 0; k < dim; ++k) {
         row[k] = static_cast<acc_t>(row_in[k]);
         row_sum[k] = 0;
       }
-      for (int64_t m = 0; m < width; ++m) {
-        const acc_t g = static_cast<acc_t>(grad_data[list * width + m]);
-        const scalar_t* col_in = col_data + col_id[list * width + m] * dim;
-        acc_t* grad_col = grad_col_data + col_id[list * width + m] * dim;
+      for (int64_t m = list * width; m < (list + 1) * width; ++m) {
+        const acc_t g = static_cast<acc_t>(grad_data[m]);
+        const scalar_t* col_in = col_data + col_id[m] * dim;
+        acc_t* grad_col = grad_col_data + col_id[m] * dim;
         for (int64_t k = 0; k < dim; ++k) {
           row_sum[k] += g * static_cast<acc_t>(col_in[k]);
           grad_col[k] += g * row[k];
@@ -85,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor> dot_lists_backward_cpu(const at::Tensor& grad
       for (int64_t k = 0; k < dim; ++k) grad_row[k] += row_sum[k];
     }
   });
-  return {grad_rows.to(table_dtype), grad_cols.to(table_dtype)};
+  return {grad_rows.to(row_table.scalar_type()), grad_cols.to(row_table.scalar_type())};
 }
 
 }  // namespace

@@ -8,7 +8,6 @@
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -49,18 +48,16 @@ __global__ void dot_lists_backward_kernel(const scalar_t* grad, const scalar_t* 
 
 at::Tensor dot_lists_cuda(const at::Tensor& row_table, const at::Tensor& rows, const at::Tensor& col_table,
                           const at::Tensor& cols) {
-  check_dot_lists_inputs(row_table, rows, col_table, cols);
+  const DotListsInputs in(row_table, rows, col_table, cols);
   const c10::cuda::CUDAGuard device_guard(row_table.device());
-  const at::Tensor row_values = row_table.contiguous(), col_values = col_table.contiguous();
-  const at::Tensor row_ids = rows.contiguous(), col_ids = cols.contiguous();
-  at::Tensor out = at::empty({cols.size(0), cols.size(1)}, row_table.options());
+  at::Tensor out = at::empty({in.num_lists, in.width}, row_table.options());
   const int64_t num_pairs = out.numel();
   if (num_pairs == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, row_table.scalar_type(), "dot_lists_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
     dot_lists_kernel<scalar_t, acc_t><<<pair_blocks(num_pairs), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        row_values.const_data_ptr<scalar_t>(), row_ids.const_data_ptr<int64_t>(), col_values.const_data_ptr<scalar_t>(),
-        col_ids.const_data_ptr<int64_t>(), num_pairs, cols.size(1), row_table.size(1),
+        in.row_table.const_data_ptr<scalar_t>(), in.rows.const_data_ptr<int64_t>(),
+        in.col_table.const_data_ptr<scalar_t>(), in.cols.const_data_ptr<int64_t>(), num_pairs, in.width, in.dim,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -70,28 +67,25 @@ at::Tensor dot_lists_cuda(const at::Tensor& row_table, const at::Tensor& rows, c
 std::tuple<at::Tensor, at::Tensor> dot_lists_backward_cuda(const at::Tensor& grad, const at::Tensor& row_table,
                                                            const at::Tensor& rows, const at::Tensor& col_table,
                                                            const at::Tensor& cols) {
-  check_dot_lists_backward_inputs(grad, row_table, rows, col_table, cols);
+  const DotListsInputs in(row_table, rows, col_table, cols, &grad);
   at::globalContext().alertNotDeterministic("rankdistill::dot_lists_backward (CUDA: atomic additions)");
   const c10::cuda::CUDAGuard device_guard(row_table.device());
-  const at::Tensor row_values = row_table.contiguous(), col_values = col_table.contiguous();
-  const at::Tensor row_ids = rows.contiguous(), col_ids = cols.contiguous(), grad_values = grad.contiguous();
-  const auto table_dtype = row_table.scalar_type();
-  const auto acc_options = row_table.options().dtype(table_dtype == at::kDouble ? at::kDouble : at::kFloat);
-  at::Tensor grad_rows = at::zeros(row_table.sizes(), acc_options), grad_cols = at::zeros(col_table.sizes(), acc_options);
+  const at::Tensor grad_values = grad.contiguous();
+  auto [grad_rows, grad_cols] = in.zero_gradients();
   const int64_t num_pairs = grad.numel();
   if (num_pairs > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table_dtype, "dot_lists_backward_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, row_table.scalar_type(), "dot_lists_backward_cuda", [&] {
       using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
       dot_lists_backward_kernel<scalar_t, acc_t>
           <<<pair_blocks(num_pairs), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-              grad_values.const_data_ptr<scalar_t>(), row_values.const_data_ptr<scalar_t>(),
-              row_ids.const_data_ptr<int64_t>(), col_values.const_data_ptr<scalar_t>(),
-              col_ids.const_data_ptr<int64_t>(), num_pairs, cols.size(1), row_table.size(1),
-              grad_rows.mutable_data_ptr<acc_t>(), grad_cols.mutable_data_ptr<acc_t>());
+              grad_values.const_data_ptr<scalar_t>(), in.row_table.const_data_ptr<scalar_t>(),
+              in.rows.const_data_ptr<int64_t>(), in.col_table.const_data_ptr<scalar_t>(),
+              in.cols.const_data_ptr<int64_t>(), num_pairs, in.width, in.dim, grad_rows.mutable_data_ptr<acc_t>(),
+              grad_cols.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {grad_rows.to(table_dtype), grad_cols.to(table_dtype)};
+  return {grad_rows.to(row_table.scalar_type()), grad_cols.to(row_table.scalar_type())};
 }
 
 }  // namespace

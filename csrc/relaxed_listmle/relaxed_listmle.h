@@ -14,6 +14,7 @@
 #include <cmath>
 #include <optional>
 
+#include "../common/accumulate.h"
 #include "../common/checks.h"
 #include "../common/macros.h"
 
@@ -90,13 +91,6 @@ RD_HOST_DEVICE void listmle_row_backward(acc_t grad_loss, const ListRow<scalar_t
   }
 }
 
-// Everything is computed in float32 for float32 and half-precision inputs
-// (a sum of K terms overflows float16 easily) and in float64 for float64
-// inputs; the per-row loss and the denominators come in that dtype.
-inline at::ScalarType listmle_accumulate_dtype(at::ScalarType input) {
-  return input == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 inline void check_relaxed_listmle_inputs(const at::Tensor& ranked, const at::Tensor& tail,
                                          const std::optional<at::Tensor>& ranked_mask,
                                          const std::optional<at::Tensor>& tail_mask) {
@@ -120,7 +114,7 @@ inline void check_relaxed_listmle_backward_inputs(const at::Tensor& grad_loss, c
   check_relaxed_listmle_inputs(ranked, tail, ranked_mask, tail_mask);
   check_same_device(denominators, ranked, "denominators", "ranked");
   TORCH_CHECK_VALUE(denominators.sizes() == ranked.sizes() &&
-                        denominators.scalar_type() == listmle_accumulate_dtype(ranked.scalar_type()),
+                        denominators.scalar_type() == accumulate_dtype(ranked.scalar_type()),
                     "denominators must be the second output of relaxed_listmle for these inputs");
   check_dim(grad_loss, 1, "grad_loss");
   check_floating(grad_loss, "grad_loss");

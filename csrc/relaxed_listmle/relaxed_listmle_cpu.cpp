@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> relaxed_listmle_cpu(const at::Tensor& ranked,
   check_relaxed_listmle_inputs(ranked, tail, ranked_mask, tail_mask);
   const ListmleInputs in(ranked, tail, ranked_mask, tail_mask);
   const int64_t num_rows = ranked.size(0), K = ranked.size(1);
-  const auto acc_options = ranked.options().dtype(listmle_accumulate_dtype(ranked.scalar_type()));
+  const auto acc_options = ranked.options().dtype(accumulate_dtype(ranked.scalar_type()));
   at::Tensor loss = at::empty({num_rows}, acc_options), denominators = at::empty({num_rows, K}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, ranked.scalar_type(), "relaxed_listmle_cpu", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;  // float for half inputs, double for double
