@@ -30,9 +30,8 @@ REDUCTIONS = ("mean", "sum")
 def sample_interesting(side: Side, k: int, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """``[n_rows, k]`` columns from each row's top-C, ``p ∝ exp(-rank/T)``,
     without replacement, in the teacher's order (best first, -1 padding last)."""
-    # one row of weights for every row (teacher_rank is arange(C) for each), padding zeroed where there is any
-    row = torch.exp(-torch.arange(side.top.shape[1], device=side.device, dtype=torch.float32) / temperature)
-    weights = row.expand_as(side.top)
+    # every row's teacher ranks are the same row (a broadcast view): its weights, once, for every row
+    weights = torch.exp(-side.teacher_rank[:1].float() / temperature).expand_as(side.top)
     if side.has_padding:
         weights = weights.masked_fill(side.padding, 0.0)
     positions = weighted_sample(weights, min(k, side.top.shape[1]), generator=generator, sorted=True)
