@@ -10,7 +10,7 @@ import torch
 
 from rankdistill.errors import ConfigError
 from rankdistill.methods import METHODS, build_method, compute_rankings, load_or_compute_rankings
-from rankdistill import blocks, ops
+from rankdistill import blocks, ops, reference
 from rankdistill.methods import base as methods_base
 from rankdistill import trainer as trainer_module
 from rankdistill.methods.base import Batch, Side
@@ -254,6 +254,59 @@ def test_distillation_loss_falls(split, teacher, rankings, name):
         # ListMLE has a high floor: a steady fall of a few percent is the signal.
         values = np.array([r[term] for r in result.history])
         assert values[-1] < 0.97 * values[0] and np.sum(np.diff(values) < 0) >= 4, (term, values)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_each_listwise_term_reads_the_lists_the_method_holds_now(split, teacher, rankings, padded):
+    """RRD's lists change every epoch, DCD's corrections every correct_every
+    epochs and on load_state_dict (and a user may change either in place).
+    Each batch's terms must be lambda times the relaxed ListMLE (the
+    reference's) of the lists held then, padding dropped, on both sides."""
+    if padded:  # the last entries of every third row's lists padded, as for rows with few candidates
+        lists = [side.clone() for side in (rankings.items_of_user, rankings.users_of_item)]
+        for side in lists:
+            side[::3, -7:] = -1
+        rankings = type(rankings)(*lists)
+    student = new_model(split, 4)
+    method = build_method("dcd", distill_context(split, student), teacher, rankings,
+                          {"lambda_ir": 2e-3, "rows": "batch", "correct_every": 2})
+    users = torch.arange(split.n_users)
+    items = users % split.n_items
+    with torch.no_grad():
+        scores = {"user": student.score_all(torch.arange(split.n_users))}
+    scores["item"] = scores["user"].T
+    rows = {"user": users.unique(), "item": items.unique()}
+
+    def expected(side, lists, weight):
+        ranked, tail = (cols[rows[side]] for cols in lists)
+        row_scores = scores[side][rows[side]]
+        return weight * reference.relaxed_listmle(row_scores.gather(1, ranked.clamp_min(0)),
+                                                  row_scores.gather(1, tail.clamp_min(0)),
+                                                  ranked_mask=ranked >= 0, tail_mask=tail >= 0)
+
+    def check():
+        o = method.options
+        held = {"rrd": ("user", method.lists["user"], o.lambda_rrd), "ir_rrd": ("item", method.lists["item"], o.lambda_ir),
+                "ucd": ("user", method.corrections["user"], o.lambda_ucd),
+                "icd": ("item", method.corrections["item"], o.lambda_icd)}
+        with torch.no_grad():
+            terms = method.loss(users, items, items[:, None])
+        assert set(terms) == set(held)
+        for name, (side, lists, weight) in held.items():
+            assert torch.allclose(terms[name], expected(side, lists, weight), rtol=1e-5), name
+
+    seen = []
+    for epoch in range(3):  # new RRD lists each epoch, new corrections at epochs 0 and 2
+        method.refresh(epoch)
+        check()
+        seen.append(method.lists["user"][1])
+    assert not torch.equal(seen[0], seen[1])  # the lists did change (the uninteresting ones, drawn anew)
+    assert padded == bool((method.lists["user"][0] < 0).any())
+    method.load_state_dict({"corrections": {side: tuple(cols.roll(1, dims=0) for cols in lists)
+                                            for side, lists in method.corrections.items()}})
+    check()
+    method.lists["user"][1][:] = method.lists["user"][1].flip(0)  # changed in place
+    check()
 
 
 def test_ablations_change_only_their_switches():
