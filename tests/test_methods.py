@@ -273,7 +273,7 @@ def test_each_listwise_term_reads_the_lists_the_method_holds_now(split, teacher,
     users = torch.arange(split.n_users)
     items = users % split.n_items
     with torch.no_grad():
-        scores = {"user": student.score_all(torch.arange(split.n_users))}
+        scores = {"user": student.score_all(users)}
     scores["item"] = scores["user"].T
     rows = {"user": users.unique(), "item": items.unique()}
 
@@ -286,7 +286,8 @@ def test_each_listwise_term_reads_the_lists_the_method_holds_now(split, teacher,
 
     def check():
         o = method.options
-        held = {"rrd": ("user", method.lists["user"], o.lambda_rrd), "ir_rrd": ("item", method.lists["item"], o.lambda_ir),
+        held = {"rrd": ("user", method.lists["user"], o.lambda_rrd),
+                "ir_rrd": ("item", method.lists["item"], o.lambda_ir),
                 "ucd": ("user", method.corrections["user"], o.lambda_ucd),
                 "icd": ("item", method.corrections["item"], o.lambda_icd)}
         with torch.no_grad():
