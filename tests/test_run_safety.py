@@ -238,6 +238,33 @@ def test_resume_refuses_another_teacher(capsys, users_dat, teacher_dir, tmp_path
     assert "teacher_sha256: checkpoint" in line
 
 
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(capsys, users_dat, teacher_dir, tmp_path):
+    import shutil
+    out = tmp_path / "finished"
+    shutil.copytree(teacher_dir, out)
+    (out / "checkpoint.pt").unlink()  # the largest file, deleted to save space: the model stays
+    best = (out / "best.pt").read_bytes()
+    for extra in ((), ("--resume",)):
+        line = run_error(capsys, "student", "--data", users_dat, "--out", out, "--epochs", "1", *COMMON, *extra)
+        assert str(out) in line and "best.pt" in line and "--overwrite" in line
+    assert (out / "best.pt").read_bytes() == best
+    assert json.loads((out / "results.json").read_text())["role"] == "teacher"
+    assert run(capsys, "student", "--data", users_dat, "--out", out, "--epochs", "1", *COMMON, "--overwrite")[0] == 0
+    assert json.loads((out / "results.json").read_text())["role"] == "student"
+
+
+def test_distill_refuses_to_write_over_its_teacher(capsys, users_dat, teacher_dir, tmp_path):
+    import shutil
+    folder = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, folder)
+    best = (folder / "best.pt").read_bytes()
+    (folder / "checkpoint.pt").unlink()
+    for extra in ((), ("--overwrite",)):  # not even when asked to start over: the teacher is an input
+        line = run_error(capsys, *distill_args(users_dat, folder, folder, *extra))
+        assert "would overwrite the teacher" in line
+    assert (folder / "best.pt").read_bytes() == best
+
+
 # ---------------------------------------------------------------- one writer per folder
 
 
