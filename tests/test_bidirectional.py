@@ -215,6 +215,22 @@ def test_one_draw_per_round_is_kept_for_the_round(split, teacher):
         assert torch.equal(method.distilled("st"), first)
 
 
+def test_a_bd_state_kept_in_memory_stays_the_state_it_was(split, teacher):
+    """The next sampling round replaces the method's sets; a state_dict taken
+    before (kept in memory, as a checkpoint dict) must not follow."""
+    method, refresh = started(split, teacher, "ibd", samples=6, retain=4)
+    refresh(0)
+    state = method.state_dict()
+    kept = {d: {key: cols.clone() for key, cols in parts.items()} for d, parts in state["sets"].items()}
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    refresh(10)
+    assert any(not torch.equal(method.sets[d][key], kept[d][key]) for d in kept for key in kept[d])
+    for d, parts in kept.items():
+        assert all(torch.equal(cols, state["sets"][d][key]) for key, cols in parts.items()), d
+
+
 def test_ibd_judges_an_item_drawn_twice_in_a_round_once(split, teacher):
     method, refresh = started(split, teacher, "ibd", samples=6, update_every=4, redraw_every=1, retain=50)
     refresh(0)

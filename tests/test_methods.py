@@ -603,3 +603,21 @@ def test_dcd_patience_is_counted_in_correction_periods(split, teacher, rankings,
     rrd = Trainer(new_model(split, 4), split, config(),
                   method=lambda context: build_method("rrd", context, teacher, rankings))
     assert rrd.trackers["model"].period == 1
+
+
+def test_a_dcd_state_kept_in_memory_stays_the_state_it_was(split, teacher, rankings):
+    """The next correction replaces the method's corrections; a state_dict
+    taken before (kept in memory, as a checkpoint dict) must not follow."""
+    method = build_method("dcd", distill_context(split, new_model(split, 4)), teacher, rankings, {"correct_every": 2})
+    n_batches = batches_per_epoch(split)
+    method.refresh(0, batches=n_batches)
+    state = method.state_dict()
+    kept = {side: tuple(cols.clone() for cols in lists) for side, lists in state["corrections"].items()}
+    with torch.no_grad():  # a different student: the next correction draws other columns
+        for p in method.student.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(1))
+    method.refresh(1, batches=n_batches)
+    method.refresh(2, batches=n_batches)
+    assert any(not torch.equal(a, b) for side in kept for a, b in zip(kept[side], method.corrections[side]))
+    for side, lists in kept.items():
+        assert all(torch.equal(a, b) for a, b in zip(lists, state["corrections"][side])), side

@@ -365,7 +365,8 @@ class BD(Distillation):
 
     # ---- exact resume: the teacher and the current samples
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "sets": self.sets}
+        # copies of the dicts, whose entries the next round replaces (as DCD's)
+        return {"teacher": self.teacher.state_dict(), "sets": {d: dict(parts) for d, parts in self.sets.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])

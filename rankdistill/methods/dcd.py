@@ -151,9 +151,11 @@ class DCD(RRD):
         return super().listwise_terms() + [(loss_name, side_name, weight, self.corrections[side_name])
                                            for loss_name, side_name, weight in self._corrected_sides()]
 
-    # The corrections live for several epochs: a resumed run needs them.
+    # The corrections live for several epochs: a resumed run needs them. A
+    # copy of the dict: the next correction replaces its entries, and a state
+    # kept in memory must stay the one it was.
     def state_dict(self) -> dict[str, Any]:
-        return {"corrections": self.corrections}
+        return {"corrections": dict(self.corrections)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.corrections = dict(state["corrections"])
