@@ -455,3 +455,28 @@ def test_example_runs(name):
     assert "with RRD" in labels[2] and "with DCD" in labels[3]
     for _, value in lines:
         assert 0.0 <= float(value) <= 1.0
+
+
+def test_compute_rankings_reads_a_teachers_embeddings_in_evaluation_mode():
+    """A dot-product teacher's lists come from its embedding tables; with
+    dropout in its towers, left in training mode, they must still be the
+    evaluation-mode lists (as documented), and the mode is given back."""
+    n_users, n_items = 40, 60
+    users = torch.arange(n_users).repeat_interleave(5)
+    items = torch.randperm(n_users * 5, generator=torch.Generator().manual_seed(0)) % n_items
+    interactions = rankdistill.InteractionMatrix.from_pairs(users, items, n_users, n_items)
+    torch.manual_seed(0)
+    towers = nn.ModuleDict({"user_tower": nn.Sequential(nn.Embedding(n_users, 16), nn.Dropout(0.5)),
+                            "item_tower": nn.Sequential(nn.Embedding(n_items, 16), nn.Dropout(0.5))})
+    teacher = rankdistill.EmbeddingScorer(towers["user_tower"], towers["item_tower"], n_users, n_items, module=towers)
+    with torch.no_grad():
+        towers.eval()
+        user_emb, item_emb = towers["user_tower"](torch.arange(n_users)), towers["item_tower"](torch.arange(n_items))
+        scores = user_emb @ item_emb.T
+    observed = torch.zeros(n_users, n_items, dtype=torch.bool)
+    observed[users, items] = True
+    expected = scores.masked_fill(observed, float("-inf")).topk(10, dim=1).indices
+    towers.train()
+    got = rankdistill.compute_rankings(teacher, interactions, top=10)
+    assert towers.training
+    assert torch.equal(got.items_of_user, expected)

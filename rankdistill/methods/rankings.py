@@ -179,17 +179,18 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
         raise ConfigError(f"the teacher is for {shape[0]} users x {shape[1]} items, "
                           f"the interactions have {interactions.n_users} x {interactions.n_items}")
     score_all_users = getattr(teacher, "score_all_users", None)
-    # a dot-product teacher's lists straight from its embeddings (ops.dot_top_columns)
-    tables = finite_dot_product_tables(teacher)
     block = block_rows(interactions.n_items)
-    # Across processes the item side is ranked by rows like the user side:
-    # running lists merged from several processes would order ties differently.
-    one_pass = (score_all_users is None or getattr(teacher, "scores_each_pair", False)) and \
-        distributed.world_size() == 1 and tables is None
     was_training = getattr(teacher, "training", None)
     if was_training is not None:
         teacher.eval()
     try:
+        # a dot-product teacher's lists straight from its embeddings (ops.dot_top_columns),
+        # taken in evaluation mode like its scores (towers with dropout)
+        tables = finite_dot_product_tables(teacher)
+        # Across processes the item side is ranked by rows like the user side:
+        # running lists merged from several processes would order ties differently.
+        one_pass = (score_all_users is None or getattr(teacher, "scores_each_pair", False)) and \
+            distributed.world_size() == 1 and tables is None
         if one_pass and (block >= min(top, interactions.n_users) or score_all_users is None):
             items_of_user, users_of_item = _top_both_sides(score_all, interactions, top, progress)
         else:
