@@ -653,6 +653,7 @@ class Trainer:
         if missing:
             raise DataError(f"{path}: incomplete training checkpoint (no {', '.join(missing)})")
         self._check_same_run(path, state)
+        self._check_epochs(path, state)
         try:
             self.model.load_state_dict(state["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -675,6 +676,21 @@ class Trainer:
         # A run that stopped early may go on if the patience grew.
         if "patience" in changed:
             self.stopped_early = all(t.bad_evals >= self.config.patience for t in self.trackers.values())
+
+    def _check_epochs(self, path: Path, state: dict[str, Any]) -> None:
+        """A ``ConfigError`` where the resumed run could not end as an
+        uninterrupted run of ``epochs`` would."""
+        done, epochs, eval_every = state["epoch"], self.config.epochs, self.config.eval_every
+        if epochs < done:  # the run would report more epochs than its own setting allows
+            raise ConfigError(f"{path} has run {done} epochs, more than --epochs {epochs}: a resume may raise "
+                              f"--epochs, not lower it below the epochs run (pass --epochs {done} or more, or "
+                              "start over with --overwrite)")
+        # A run validates its last epoch whatever the schedule; run longer, an
+        # uninterrupted run would not have validated it (nor kept its model).
+        if epochs > done == state["train_config"].get("epochs") and done % eval_every and not state["stopped_early"]:
+            raise ConfigError(f"{path} ended at its last epoch {done} with a validation off the --eval-every "
+                              f"{eval_every} schedule, which a run of {epochs} epochs would not have made: it "
+                              "cannot be extended to the same result; start over with --overwrite")
 
     def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
         """A ``ConfigError`` listing every difference between the checkpoint's

@@ -226,6 +226,34 @@ def test_resume_refuses_a_changed_run_and_records_what_may_change(capsys, users_
     assert results["resumes"] == [{"after_epoch": 2, "changed": {"epochs": [2, 3], "patience": [10, 4]}}]
 
 
+def test_resume_refuses_fewer_epochs_than_run_and_an_extension_off_the_validation_schedule(capsys, users_dat,
+                                                                                           tmp_path):
+    def student(out, *extra):
+        return ["student", "--data", users_dat, "--out", out, *COMMON, *extra]
+
+    out = tmp_path / "four"
+    assert run(capsys, *student(out, "--epochs", "4"))[0] == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "results.json", "config.toml")}
+    # Before: accepted, and results.json said epochs 2 next to epochs_run 4.
+    line = run_error(capsys, *student(out, "--epochs", "2", "--resume"))
+    assert "has run 4 epochs, more than --epochs 2" in line
+    assert before == {name: (out / name).read_bytes() for name in before}
+
+    # --eval-every 2: a 3-epoch run validates epoch 3 (its last), a 4-epoch run
+    # only epochs 2 and 4; extending the first to 4 gave another best epoch.
+    three = tmp_path / "three"
+    assert run(capsys, *student(three, "--epochs", "3", "--eval-every", "2"))[0] == 0
+    line = run_error(capsys, *student(three, "--epochs", "4", "--eval-every", "2", "--resume"))
+    assert "off the --eval-every 2 schedule" in line
+    # on the schedule, the extension is exactly the uninterrupted run
+    two, whole = tmp_path / "two", tmp_path / "whole"
+    assert run(capsys, *student(two, "--epochs", "2", "--eval-every", "2"))[0] == 0
+    assert run(capsys, *student(two, "--epochs", "4", "--eval-every", "2", "--resume"))[0] == 0
+    assert run(capsys, *student(whole, "--epochs", "4", "--eval-every", "2"))[0] == 0
+    extended, uninterrupted = (json.loads((folder / "results.json").read_text()) for folder in (two, whole))
+    assert extended["best_epoch"] == uninterrupted["best_epoch"] and extended["test"] == uninterrupted["test"]
+
+
 def test_resume_refuses_another_teacher(capsys, users_dat, teacher_dir, tmp_path):
     out = tmp_path / "rrd"
     assert run(capsys, *distill_args(users_dat, teacher_dir, out))[0] == 0
