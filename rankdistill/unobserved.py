@@ -92,12 +92,24 @@ def sample_unobserved(
     k: int,
     *,
     distinct: bool = False,
+    pad: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``[len(users), k]`` items drawn uniformly among each user's unobserved
-    items; ``distinct=True`` draws without replacement within a row."""
+    items; ``distinct=True`` draws without replacement within a row. With
+    ``pad=True`` (and ``distinct``) a user with fewer than ``k`` unobserved
+    items gets all of them, ascending, then -1; otherwise that is an error."""
     users = users.to(device=observed.device, dtype=torch.int64)
     available = observed.n_items - observed.counts[users]
+    if distinct and pad and len(users) and int(available.min()) < k:
+        short = available < k
+        out = torch.full((len(users), k), -1, dtype=torch.int64, device=observed.device)
+        out[~short] = _sample_distinct(observed, users[~short], k, generator)
+        all_items = torch.arange(observed.n_items, device=observed.device)
+        for row in short.nonzero().flatten().tolist():  # rare rows (heavy users): O(n_items) each
+            unobserved = all_items[~observed.contains(users[row], all_items)]
+            out[row, :len(unobserved)] = unobserved
+        return out
     if len(users) and int(available.min()) < (k if distinct else 1):
         worst = int(users[available.argmin()])
         raise DataError(

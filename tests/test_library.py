@@ -480,3 +480,33 @@ def test_compute_rankings_reads_a_teachers_embeddings_in_evaluation_mode():
     got = rankdistill.compute_rankings(teacher, interactions, top=10)
     assert towers.training
     assert torch.equal(got.items_of_user, expected)
+
+
+@pytest.mark.parametrize("name", ["rrd", "dcd", "rrd+ir-rrd"])
+def test_a_row_with_fewer_uninteresting_columns_than_asked_has_them_all_then_padding(name):
+    """User 7 has 170 of 200 items: of the 30 left, the teacher's top-20 lists
+    some, so fewer than L = 40 remain below it, and user 9 has every item.
+    Their uninteresting lists are every such column, then -1 (the loss masks
+    the padding), not an error."""
+    n_users, n_items = 60, 200
+    generator = torch.Generator().manual_seed(0)
+    per_user = [torch.randperm(n_items, generator=generator)[:count]
+                for count in [170 if u == 7 else n_items if u == 9 else 10 for u in range(n_users)]]
+    users = torch.cat([torch.full((len(items),), u) for u, items in enumerate(per_user)])
+    interactions = rankdistill.InteractionMatrix.from_pairs(users, torch.cat(per_user), n_users, n_items)
+    rankings = rankdistill.compute_rankings(scorer_of(TwoTower(n_users, n_items, seed=1)), interactions, top=TOP)
+    context = rankdistill.DistillContext(scorer_of(TwoTower(n_users, n_items, seed=2)), interactions,
+                                         generator=torch.Generator().manual_seed(0))
+    method = rankdistill.build_method(name, context, rankings=rankings)
+    method.refresh(0, batches=4)
+    tail = method.lists["user"][1]
+    for user in (7, 9):
+        below = set(range(n_items)) - set(per_user[user].tolist()) - set(rankings.items_of_user[user].tolist())
+        assert len(below) < tail.shape[1]
+        drawn = tail[user]
+        assert sorted(drawn[drawn >= 0].tolist()) == sorted(below) and bool((drawn[len(below):] == -1).all())
+    full = tail[torch.arange(n_users) != 7]
+    full = full[torch.arange(n_users - 1) != 8]  # user 9, after user 7 is left out
+    assert bool((full >= 0).all())  # every other row has its L columns
+    losses = method.loss(torch.arange(n_users))
+    assert all(bool(torch.isfinite(value)) for value in losses.values())

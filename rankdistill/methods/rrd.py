@@ -40,9 +40,10 @@ def sample_interesting(side: Side, k: int, temperature: float, generator: torch.
 
 def sample_uninteresting(side: Side, k: int, generator: torch.Generator | None) -> torch.Tensor:
     """``[n_rows, k]`` distinct columns per row, uniform among the columns
-    below the teacher's top-C that the row has not interacted with."""
+    below the teacher's top-C that the row has not interacted with; a row
+    with fewer such columns (a heavy user) has all of them, then -1."""
     rows = torch.arange(side.n_rows, device=side.device)
-    return sample_unobserved(side.outside_top, rows, k, distinct=True, generator=generator)
+    return sample_unobserved(side.outside_top, rows, k, distinct=True, pad=True, generator=generator)
 
 
 @dataclass
