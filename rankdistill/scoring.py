@@ -15,7 +15,7 @@ entry is never asked for (callers clamp and mask).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 from .blocks import all_finite, row_blocks
 from .errors import ConfigError
 
-__all__ = ["EmbeddingScorer", "InteractionMatrix", "Scorer", "as_interactions"]
+__all__ = ["EmbeddingScorer", "InteractionMatrix", "Scorer", "as_interactions", "check_fits"]
 
 
 @runtime_checkable
@@ -240,3 +240,12 @@ def as_interactions(data, device: torch.device | str | None = None) -> Interacti
         return InteractionMatrix.from_pairs(train.users, train.items, train.n_users, train.n_items, device)
     raise ConfigError(f"interactions must be an InteractionMatrix, an Interactions or a Split, "
                       f"got {type(data).__name__} (use InteractionMatrix.from_csr for a CSR pair)")
+
+
+def check_fits(role: str, model: Any, interactions: InteractionMatrix) -> None:
+    """A ``ConfigError`` where ``model`` (the ``role``: "student", "teacher")
+    declares sizes (``n_users``, ``n_items``) other than the interactions'."""
+    sizes = (getattr(model, "n_users", interactions.n_users), getattr(model, "n_items", interactions.n_items))
+    if sizes != (interactions.n_users, interactions.n_items):
+        raise ConfigError(f"the {role} is for {sizes[0]} users x {sizes[1]} items, the interactions have "
+                          f"{interactions.n_users} x {interactions.n_items}")

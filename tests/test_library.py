@@ -510,3 +510,14 @@ def test_a_row_with_fewer_uninteresting_columns_than_asked_has_them_all_then_pad
     assert bool((full >= 0).all())  # every other row has its L columns
     losses = method.loss(torch.arange(n_users))
     assert all(bool(torch.isfinite(value)) for value in losses.values())
+
+
+@pytest.mark.parametrize("name", ["cd", "de", "rrd", "bd"])
+def test_a_teacher_for_other_sizes_is_refused_by_every_method(data, lists, name):
+    n_users, n_items, _, _, interactions = data
+    context = rankdistill.DistillContext(scorer_of(TwoTower(n_users, n_items)), interactions)
+    other = TwoTower(n_users + 1, n_items)
+    teacher = rankdistill.models.BPR(n_users + 1, n_items, 4) if name == "bd" else scorer_of(other)
+    with pytest.raises(ConfigError, match=rf"teacher is for {n_users + 1} users x {n_items} items, the "
+                                          rf"interactions have {n_users} x {n_items}"):
+        rankdistill.build_method(name, context, teacher, lists)

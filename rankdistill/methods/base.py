@@ -36,7 +36,7 @@ from .. import distributed, progress
 from ..blocks import csr_rows, csr_select, row_blocks
 from ..errors import ConfigError
 from ..ops import dot_rank_positions, rank_positions, relaxed_listmle
-from ..scoring import InteractionMatrix, Scorer, as_interactions, dot_product_tables
+from ..scoring import InteractionMatrix, Scorer, as_interactions, check_fits, dot_product_tables
 from ..unobserved import ObservedItems
 from .rankings import TeacherRankings
 
@@ -101,10 +101,7 @@ class DistillContext:
                                   "wrap your model in rankdistill.EmbeddingScorer or implement the four methods")
         self.student = student
         self.interactions: InteractionMatrix = as_interactions(interactions, self.device)
-        sizes = (getattr(student, "n_users", None), getattr(student, "n_items", None))
-        if sizes != (None, None) and sizes != (self.interactions.n_users, self.interactions.n_items):
-            raise ConfigError(f"the student is for {sizes[0]} users x {sizes[1]} items, the interactions have "
-                              f"{self.interactions.n_users} x {self.interactions.n_items}")
+        check_fits("student", student, self.interactions)
         self.seed = int(seed)
         self.epochs = epochs
 
@@ -472,6 +469,7 @@ class Distillation:
         self._diagnostic_rows: dict[str, torch.Tensor] = {}
         self.schedule = RowSchedule(self.options.rows)
         if teacher is not None:
+            check_fits("teacher", teacher, context.interactions)
             if isinstance(teacher, nn.Module):
                 teacher.to(context.device)
             if not self.trains_teacher and isinstance(teacher, nn.Module):

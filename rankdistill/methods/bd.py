@@ -203,10 +203,6 @@ class BD(Distillation):
         if not callable(getattr(teacher, "loss", None)):
             raise ConfigError(f"method {self.name!r} trains the teacher: it must have a loss(users, pos_items, "
                               "neg_items), like rankdistill's models")
-        interactions = context.interactions
-        if (teacher.n_users, teacher.n_items) != (interactions.n_users, interactions.n_items):
-            raise ConfigError(f"the teacher is for {teacher.n_users} users x {teacher.n_items} items, "
-                              f"the data has {interactions.n_users} x {interactions.n_items}")
         # A copy: the teacher trains here, and the caller's (shared by the
         # runs of a comparison) must stay as it was.
         teacher = copy.deepcopy(teacher)

@@ -23,7 +23,7 @@ from ..errors import ConfigError, DataError, TrainingDiverged
 from ..io import file_sha256, torch_load, torch_save
 from ..ops import dot_top_columns
 from ..progress import bar
-from ..scoring import InteractionMatrix, as_interactions, finite_dot_product_tables
+from ..scoring import InteractionMatrix, as_interactions, check_fits, finite_dot_product_tables
 from ..split import Split
 
 __all__ = ["DEFAULT_TOP", "TeacherRankings", "compute_rankings", "load_or_compute_rankings", "top_columns"]
@@ -174,10 +174,7 @@ def compute_rankings(teacher: Any, interactions: Any, top: int = DEFAULT_TOP, *,
     score_all = getattr(teacher, "score_all", teacher)
     if not callable(score_all):
         raise ConfigError(f"the teacher must have score_all(users) or be such a callable, got {type(teacher).__name__}")
-    shape = (getattr(teacher, "n_users", interactions.n_users), getattr(teacher, "n_items", interactions.n_items))
-    if shape != (interactions.n_users, interactions.n_items):
-        raise ConfigError(f"the teacher is for {shape[0]} users x {shape[1]} items, "
-                          f"the interactions have {interactions.n_users} x {interactions.n_items}")
+    check_fits("teacher", teacher, interactions)
     score_all_users = getattr(teacher, "score_all_users", None)
     block = block_rows(interactions.n_items)
     was_training = getattr(teacher, "training", None)
