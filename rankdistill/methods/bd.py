@@ -214,6 +214,7 @@ class BD(Distillation):
             raise ConfigError(f"option teacher_dim={o.teacher_dim} needs teacher_init=fresh "
                               f"(the given teacher has dim {self.teacher.dim})")
         self.teacher.to(context.device).requires_grad_(True).train()
+        interactions = context.interactions
         self._indptr, self._indices = interactions.csr("user")
         # Per direction: this round's new items and the retained ones
         # (iBD), [n_users, *] -1 padded.
