@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 import math
+import numbers
 import random
 import subprocess
 import sys
@@ -142,8 +143,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.cutoffs = tuple(int(n) for n in self.cutoffs)
         positive = ("epochs", "batch_size", "n_negatives", "eval_every", "patience", "eval_batch_size")
+        # Types first: int() and comparisons would truncate 2.5 epochs to 2, or fail deep inside fit.
+        for names, kind, what in ((positive + ("seed",), numbers.Integral, "an integer"),
+                                  (("lr", "weight_decay", "l2"), numbers.Real, "a number")):
+            for name in names:
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, kind):
+                    raise ConfigError(f"{name.replace('_', '-')} must be {what}, got {value!r}")
+                setattr(self, name, int(value) if kind is numbers.Integral else float(value))
+        for name, allowed in (("data_parallel", (bool,)), ("progress", (bool, type(None)))):
+            if not isinstance(getattr(self, name), allowed):
+                raise ConfigError(f"{name.replace('_', '-')} must be True or False"
+                                  f"{' or None' if len(allowed) > 1 else ''}, got {getattr(self, name)!r}")
         for name in positive:
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")

@@ -3,6 +3,7 @@ model), outputs, exact resume, and an end-to-end run on real data."""
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +282,30 @@ def test_bad_training_options_are_config_errors():
         TrainConfig(metric="H@7")
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig(lr=-1)
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("epochs", 2.5, "epochs must be an integer, got 2.5"),  # was run as 3 epochs
+    ("epochs", "3", "epochs must be an integer, got '3'"),
+    ("batch_size", 1.5, "batch-size must be an integer"),
+    ("patience", 2.7, "patience must be an integer"),
+    ("n_negatives", 1.9, "n-negatives must be an integer"),
+    ("seed", True, "seed must be an integer, got True"),
+    ("seed", 1.0, "seed must be an integer"),
+    ("lr", "0.1", "lr must be a number, got '0.1'"),
+    ("weight_decay", None, "weight-decay must be a number, got None"),
+    ("data_parallel", "yes", "data-parallel must be True or False, got 'yes'"),
+    ("progress", "no", "progress must be True or False or None, got 'no'"),
+])
+def test_training_options_of_the_wrong_type_are_config_errors(option, value, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        TrainConfig(**{option: value})
+
+
+def test_training_options_of_numeric_types_are_kept_as_plain_numbers():
+    config = TrainConfig(epochs=np.int64(3), lr=1, weight_decay=np.float32(0.5), seed=np.int32(4))
+    assert (config.epochs, config.lr, config.weight_decay, config.seed) == (3, 1.0, 0.5, 4)
+    assert type(config.epochs) is int and type(config.lr) is float and type(config.seed) is int
 
 
 class Popularity(Recommender):
