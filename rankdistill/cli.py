@@ -371,7 +371,7 @@ def _prepare_split(args: argparse.Namespace, default_path: Path) -> _SplitFile:
     data = _load_data(args)
     if path.exists():
         split = Split.load(path)
-        split.check_matches(data)
+        split.check_matches(data, f"the split file {path}")
         _check_split_options(args, split, path)
         log.info("split: loaded %s", path)
         return _SplitFile(split, path)
@@ -405,7 +405,8 @@ def _split_of_model(args: argparse.Namespace, checkpoint: Path, info: dict[str, 
     split.check_identity(info, str(checkpoint))
     _check_split_options(args, split, path)
     if args.data is not None:
-        split.check_matches(_load_data(args))
+        split.check_matches(_load_data(args), f"the split {path} that {checkpoint} was trained on",
+                            f"pass the data {checkpoint} was trained on with --data, or leave --data out")
     log.info("split: %s (the one %s was trained on)", path, checkpoint)
     return _SplitFile(split, path)
 

@@ -103,12 +103,12 @@ class Split:
             raise ConfigError(f"{what} was trained on another split (split digest {found}, this split {self.digest}): "
                               "its held-out items may have been training items; use the split it was trained on")
 
-    def check_matches(self, data: Interactions) -> None:
+    def check_matches(self, data: Interactions, what: str = "the split file",
+                      advice: str = "remove it or pass the data it was made from") -> None:
+        """A ``DataError`` (``what`` names the split, ``advice`` the way out)
+        unless the split was made from ``data``."""
         if data.fingerprint() != self.data_fingerprint:
-            raise DataError(
-                "the split file was made from different data (fingerprint mismatch); "
-                "remove it or pass the data it was made from"
-            )
+            raise DataError(f"{what} was made from other data than {data.name} (fingerprint mismatch); {advice}")
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = dict(

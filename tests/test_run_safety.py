@@ -199,6 +199,15 @@ def test_evaluate_names_a_model_of_another_data_set(capsys, teacher_dir, tmp_pat
         load_model(teacher_dir / "best.pt", shape=(other.n_users, other.n_items))
 
 
+def test_distill_on_other_data_names_the_teachers_split_and_keeps_it(capsys, teacher_dir, tmp_path):
+    # Before: "the split file was made from different data; remove it", of the teacher's own split.
+    other = write_users_dat(synthetic(120, 300, n_factors=6, mean_interactions=15, min_interactions=5, seed=9),
+                            tmp_path / "other.dat")
+    line = run_error(capsys, *distill_args(other, teacher_dir, tmp_path / "d"))
+    assert f"the split {teacher_dir / 'split.npz'} that {teacher_dir / 'best.pt'} was trained on" in line
+    assert "other data than" in line and "--data" in line and "remove it" not in line
+
+
 def test_top_at_least_the_catalogue_is_refused(capsys, users_dat, teacher_dir, tmp_path):
     split = Split.load(teacher_dir / "split.npz")
     line = run_error(capsys, *distill_args(users_dat, teacher_dir, tmp_path / "d", "--top", split.n_items))

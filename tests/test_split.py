@@ -99,7 +99,7 @@ def test_split_file_round_trip_is_atomic_and_checked(data, tmp_path):
     assert loaded.seed == 4
     loaded.check_matches(data)
     other = synthetic(80, 400, n_factors=4, mean_interactions=12, min_interactions=2, seed=4)
-    with pytest.raises(DataError, match="different data"):
+    with pytest.raises(DataError, match=f"the split file was made from other data than {other.name}"):
         loaded.check_matches(other)
 
 
