@@ -44,9 +44,12 @@ def _sample_size(k, name: str = "k") -> int:
     if isinstance(k, bool) or (is_tensor and (k.dim() != 0 or k.dtype == torch.bool)):
         raise TypeError(f"{name} must be an integer, got {k!r}")
     try:
-        return operator.index(k)
+        value = operator.index(k)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(k).__name__} {k!r}") from None
+    if not -2**63 <= value < 2**63:  # the ops take int64: a clear error rather than the dispatcher's cast failure
+        raise ValueError(f"{name} is out of range (int64), got {value}")
+    return value
 
 
 def rank_positions(

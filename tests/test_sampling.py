@@ -138,6 +138,13 @@ def test_k_must_be_an_integer(device):
             ops.weighted_sample(w, bad)
         with pytest.raises(TypeError, match="k must be an integer"):
             ops.discrepancy_sample(ranks, zeros, bad, mu=1.0, direction="under")
+    for huge in (2**63, -2**63 - 1, 2**64):  # not int64: a ValueError, not the dispatcher's cast failure
+        with pytest.raises(ValueError, match="k is out of range"):
+            ops.weighted_sample(w, huge)
+        with pytest.raises(ValueError, match="first_row is out of range"):
+            ops.weighted_sample(w, 1, first_row=huge)
+        with pytest.raises(ValueError, match="k is out of range"):
+            ops.dot_top_columns(w, w, huge)
     for good in (2, np.int64(2), np.int32(2), torch.tensor(2), torch.tensor(2, dtype=torch.int32)):
         assert ops.weighted_sample(w, good).shape == (3, 2)
         assert ops.discrepancy_sample(ranks, zeros, good, mu=1.0, direction="under").shape == (3, 2)
