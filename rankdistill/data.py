@@ -18,6 +18,7 @@ import contextlib
 import errno
 import gzip
 import hashlib
+import math
 import os
 import re
 import zlib
@@ -87,6 +88,8 @@ class Interactions:
             self.timestamps = np.ascontiguousarray(self.timestamps, dtype=np.float64)
             if self.timestamps.shape != self.users.shape:
                 raise DataError(f"{self.name}: timestamps must have one entry per interaction")
+            if not np.isfinite(self.timestamps).all():  # they order the split: NaN would sort as the latest
+                raise DataError(f"{self.name}: timestamps must be finite numbers (found NaN or inf)")
         if len(np.unique(self.keys())) != len(self.users):
             raise DataError(f"{self.name}: repeated (user, item) pairs")
         self.user_ids = _id_map(self.user_ids, self.n_users, "user_ids", self.name)
@@ -597,6 +600,10 @@ def load_delimited(
             if lineno == first[0] and header is None and header_lineno is None:
                 hint = f"; if line {lineno} is a header, {_header_hint(fields, columns is not None)}"
             raise DataError(f"{path}, line {lineno}: {label} {_shown(token)!r} is not a number{hint}") from None
+        # float() takes nan and inf: a NaN time would sort last and be held out as the latest
+        for label, at, values in (("rating", at_rating, ratings), ("timestamp", at_time, times)):
+            if at is not None and not math.isfinite(values[-1]):
+                raise DataError(f"{path}, line {lineno}: {label} {_shown(fields[at])!r} is not a finite number")
     if not raw_users:
         raise DataError(f"{path}: no interactions (the file has no data lines)")
     raw_users = np.array(raw_users, dtype=object)

@@ -147,6 +147,9 @@ def test_delimited_separator_is_detected(tmp_path, sep):
         ("1,2,3,later\n", 1, "timestamp 'later' is not a number"),
         ("1,2,3,4,5\n", 1, "expected 2 to 4 columns"),
         ("1,2\n,3\n", 2, "empty user or item id"),
+        ("1,2,3,100\n1,3,3,nan\n", 2, "timestamp 'nan' is not a finite number"),  # was held out as the latest
+        ("1,2,3,100\n1,3,3,inf\n", 2, "timestamp 'inf' is not a finite number"),
+        ("1,2,-inf,100\n", 1, "rating '-inf' is not a finite number"),
     ],
 )
 def test_delimited_malformed_names_line(tmp_path, text, line, problem):
@@ -359,3 +362,9 @@ def test_bytes_that_are_not_text_name_the_line(tmp_path):
     path.write_bytes(b"2 1 2\n1 \xff\xfe\n")
     with pytest.raises(DataError, match=r"line 2: not UTF-8 text"):
         load_users_dat(path)
+
+
+def test_interactions_refuse_timestamps_that_are_not_finite():
+    for bad in (np.nan, np.inf):
+        with pytest.raises(DataError, match="timestamps must be finite numbers"):
+            Interactions(1, 2, np.array([0, 0]), np.array([0, 1]), timestamps=np.array([1.0, bad]))
