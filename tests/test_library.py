@@ -521,3 +521,17 @@ def test_a_teacher_for_other_sizes_is_refused_by_every_method(data, lists, name)
     with pytest.raises(ConfigError, match=rf"teacher is for {n_users + 1} users x {n_items} items, the "
                                           rf"interactions have {n_users} x {n_items}"):
         rankdistill.build_method(name, context, teacher, lists)
+
+
+@pytest.mark.parametrize("name, epoch, part", [("rrd", None, "rrd"), ("de-rrd", None, "rrd"), ("cd", None, "cd"),
+                                               ("rd", 12, "rd")])
+def test_loss_before_its_state_exists_is_a_config_error(data, lists, teacher, name, epoch, part):
+    """RRD's lists and CD's samples come from refresh, RD's ranks from its rank
+    epochs: a loss without them says so (it was a KeyError or a TypeError)."""
+    n_users, n_items, users, _, interactions = data
+    context = rankdistill.DistillContext(scorer_of(TwoTower(n_users, n_items)), interactions)
+    method = rankdistill.build_method(name, context, scorer_of(teacher), lists)
+    if epoch is not None:  # after RD's warm-up, at an epoch that computes no ranks
+        method.refresh(epoch, batches=4)
+    with pytest.raises(ConfigError, match=f"^{part}: no "):
+        method.loss(users[:8], users[:8] % n_items, (users[:8] % n_items)[:, None])

@@ -69,6 +69,9 @@ class CD(Distillation):
 
     def losses(self, model: Scorer, batch: Batch) -> dict[str, torch.Tensor]:
         side = self.side("user")
+        if self.items is None:
+            raise ConfigError(f"{self.name}: no samples yet: they are drawn by refresh(epoch, batches=...), "
+                              "which must come before loss")
         rows = self.batch_rows(side, batch)
         cols = self.items[rows]
         valid = (cols >= 0).float()

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..reference import discrepancy_weights
 from ..scoring import Scorer
 from ..unobserved import sample_unobserved
@@ -124,6 +125,10 @@ class RD(Distillation):
                 sample_scores = side.scores(model, rows, samples)
                 ranks = sampled_ranks(scores.detach(), sample_scores, side.n_cols - side.observed.counts[rows])
         elif self.epoch >= o.warmup:
+            if self.student_rank is None:
+                raise ConfigError(f"{self.name}: no student ranks yet: they are computed at epochs {o.warmup}, "
+                                  f"{o.warmup + o.rank_every}, ...; refresh from epoch 0 or load the method's "
+                                  "state_dict")
             ranks = self.student_rank[rows]
         weights = rd_weights(ranks, self.position[: cols.shape[1]], mu=o.mu, renormalize=o.renormalize)
         weights = weights.masked_fill(cols < 0, 0.0)  # rows with fewer than K unobserved items

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 
+from ..errors import ConfigError
 from ..ops import weighted_sample
 from ..scoring import Scorer
 from ..unobserved import sample_unobserved
@@ -90,6 +91,10 @@ class RRD(Distillation):
     def listwise_terms(self) -> list[tuple[str, str, float, tuple[torch.Tensor, torch.Tensor]]]:
         """(loss name, side, lambda, (ranked, tail) column lists) of every
         relaxed ListMLE term this method adds."""
+        missing = [side for _, side, *_ in self._relaxed_terms() if side not in self.lists]
+        if missing:
+            raise ConfigError(f"{self.name}: no {' and '.join(missing)}-side lists yet: they are drawn by "
+                              "refresh(epoch, batches=...), which must come before loss")
         return [(loss_name, side_name, weight, self.lists[side_name])
                 for loss_name, side_name, weight, _, _ in self._relaxed_terms()]
 
