@@ -440,14 +440,15 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
     ``callbacks``, ``test``, ``checkpoint``, for a search's trials)."""
     split = split_file.split
     writes = distributed.is_main()  # under torchrun, rank 0 alone writes the run folder
+    outputs = _run_outputs()
     teacher = (info or {}).get("teacher")
-    if teacher is not None and Path(teacher).resolve() in {(out / name).resolve() for name in _run_outputs()}:
+    if teacher is not None and Path(teacher).resolve() in {(out / name).resolve() for name in outputs}:
         raise ConfigError(f"--out {out} would overwrite the teacher {teacher} with this run's files: "
                           "give the run another folder")
     with run_folder_lock(out) if writes else contextlib.nullcontext():
         # Any of a run's files counts, not only its checkpoint: a finished run whose
         # checkpoint was deleted (it is the largest file) still holds its model.
-        held = sorted(name for name in _run_outputs() if (out / name).exists())
+        held = sorted(name for name in outputs if (out / name).exists())
         if held and not overwrite and not (resume and (out / CHECKPOINT).exists()):
             if resume:
                 raise ConfigError(f"{out} holds a run's {', '.join(held)} but no {CHECKPOINT} to resume from; "
@@ -456,7 +457,7 @@ def _train(role: str, split_file: _SplitFile, model_config: dict[str, Any], conf
                               "--overwrite to start over")
         distributed.barrier()  # every process has looked before rank 0 clears the folder
         if overwrite and writes:  # a half-overwritten folder must not mix the old run's files with the new one's
-            for name in (*_run_outputs(), config_file.RUN_CONFIG):
+            for name in (*outputs, config_file.RUN_CONFIG):
                 (out / name).unlink(missing_ok=True)
         if writes:
             split_file.save_if_new()

@@ -700,7 +700,8 @@ class Trainer:
                               "start over with --overwrite)")
         # A run validates its last epoch whatever the schedule; run longer, an
         # uninterrupted run would not have validated it (nor kept its model).
-        if epochs > done == state["train_config"].get("epochs") and done % eval_every and not state["stopped_early"]:
+        ended = done == state["train_config"].get("epochs") and not state["stopped_early"]
+        if ended and epochs > done and done % eval_every:
             raise ConfigError(f"{path} ended at its last epoch {done} with a validation off the --eval-every "
                               f"{eval_every} schedule, which a run of {epochs} epochs would not have made: it "
                               "cannot be extended to the same result; start over with --overwrite")

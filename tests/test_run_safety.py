@@ -3,6 +3,7 @@ models are evaluated only on their own split, a resume refuses a changed run,
 one process writes a run folder, and files are never half-trusted or left behind."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,7 +277,6 @@ def test_resume_refuses_another_teacher(capsys, users_dat, teacher_dir, tmp_path
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_overwritten(capsys, users_dat, teacher_dir, tmp_path):
-    import shutil
     out = tmp_path / "finished"
     shutil.copytree(teacher_dir, out)
     (out / "checkpoint.pt").unlink()  # the largest file, deleted to save space: the model stays
@@ -291,7 +291,6 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(capsys, users_
 
 
 def test_distill_refuses_to_write_over_its_teacher(capsys, users_dat, teacher_dir, tmp_path):
-    import shutil
     folder = tmp_path / "teacher"
     shutil.copytree(teacher_dir, folder)
     best = (folder / "best.pt").read_bytes()
